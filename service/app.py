@@ -1,0 +1,91 @@
+"""Composition root: builds the aiohttp application from a Config."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from service.auth import Authenticator
+from service.backbone.base import Backbone
+from service.backbone.memory import MemoryBackbone
+from service.bindings import BindingMode, Bindings
+from service.config import Config
+from service.errors import ConfigError
+from service.metrics import Metrics
+from service.node import Limits, Node
+from service.transports import health, http_api, ws
+from service.transports.context import GATEWAY, Gateway
+
+SHUTDOWN_SETTLE_S = 3.0
+
+
+def build_authenticator(config: Config) -> Authenticator:
+    """The authenticator for the configured keys (ConfigError for an unusable key)."""
+    jwks = ""
+    if config.jwks_file:
+        jwks = Path(config.jwks_file).read_text(encoding="utf-8")
+    try:
+        return Authenticator(
+            secret=config.jwt_secret,
+            public_key_pem=config.jwt_public_key,
+            jwks_json=jwks,
+            audience=config.jwt_audience,
+            issuer=config.jwt_issuer,
+        )
+    except ValueError as exc:
+        variable = "GATEWAY_JWKS_FILE" if jwks else "GATEWAY_JWT_PUBLIC_KEY"
+        raise ConfigError(variable, str(exc)) from None
+
+
+def build_backbone(config: Config, metrics: Metrics) -> Backbone:
+    """The embedded backbone when no AMQP URL is set, else RabbitMQ (imported lazily)."""
+    if not config.amqp_url:
+        return MemoryBackbone()
+    raise ConfigError("GATEWAY_AMQP_URL", "the RabbitMQ backbone is not built yet")
+
+
+def create_app(config: Config, *, backbone: Backbone | None = None) -> web.Application:
+    """The gateway as an aiohttp application; `backbone` overrides the configured one."""
+    metrics = Metrics()
+    chosen = backbone if backbone is not None else build_backbone(config, metrics)
+    bindings = Bindings(
+        chosen,
+        mode=BindingMode(config.bindings),
+        user_bindings_max=config.user_bindings_max,
+        grace_s=config.binding_grace_s,
+    )
+    auth = build_authenticator(config)
+    node = Node(
+        chosen,
+        bindings,
+        instance_id=config.instance_id,
+        verify=auth.verify,
+        limits=Limits(
+            max_connections=config.max_connections,
+            max_connections_per_user=config.max_connections_per_user,
+            send_queue_bytes=config.send_queue_bytes,
+        ),
+        metrics=metrics,
+    )
+    app = web.Application()
+    app[GATEWAY] = Gateway(config=config, node=node, auth=auth, metrics=metrics)
+    app.cleanup_ctx.append(_run_node)
+    app.on_shutdown.append(_close_sockets)
+    ws.add_routes(app)
+    health.add_routes(app)
+    http_api.add_routes(app)
+    return app
+
+
+async def _run_node(app: web.Application) -> AsyncIterator[None]:
+    node = app[GATEWAY].node
+    await node.start()
+    yield
+    await node.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    # A SIGTERM drain (cli.serve) has already paced the closes; whatever is left goes now.
+    await app[GATEWAY].node.drain(0, settle_s=SHUTDOWN_SETTLE_S)

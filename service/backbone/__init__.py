@@ -1,0 +1,8 @@
+"""Backbones carry events between services and gateway instances.
+
+Importing this package never imports aio_pika; `service.backbone.amqp` does, lazily.
+"""
+
+from service.backbone.base import Backbone, OnEvent
+
+__all__ = ["Backbone", "OnEvent"]

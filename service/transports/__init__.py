@@ -1,0 +1,1 @@
+"""Transports: how clients and operators reach the node (aiohttp handlers)."""

@@ -1,0 +1,30 @@
+"""What every transport handler needs, stored once on the app under a typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from service.auth import Authenticator
+from service.config import Config
+from service.metrics import Metrics
+from service.node import Node
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The composed gateway: configuration, node, authenticator and metrics."""
+
+    config: Config
+    node: Node
+    auth: Authenticator
+    metrics: Metrics
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The contract's HTTP error body: `{"error": {"code": ..., "message": ...}}`."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)

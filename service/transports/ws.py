@@ -1,0 +1,192 @@
+"""The native WebSocket transport: `GET /ws/{namespace}`.
+
+Every refusal happens as HTTP before the upgrade (404, 401, 403, 429, 503). After the upgrade,
+one reader loop (this handler) decodes client frames and one writer task drains the session's
+outbound buffer; the hub never awaits a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from service import codec
+from service.auth import bearer_token
+from service.codec import AckedProtocolError
+from service.errors import AuthError, CloseCode, ErrorCode, ProtocolError, Refused
+from service.model import Namespace, Principal
+from service.node import Node
+from service.ratelimit import RateLimiter, Verdict
+from service.session import Session
+from service.transports.context import GATEWAY, Gateway, error_response
+
+log = structlog.get_logger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake may take before the socket is aborted
+ABORT_AFTER_S = 5.0  # how long unsent bytes may keep a closed socket open
+
+
+def check_origin(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """A request without Origin is not a browser; a browser's Origin must be listed."""
+    if origin is None:
+        return True
+    return "*" in allowed or origin.rstrip("/").lower() in allowed
+
+
+def authenticate(gateway: Gateway, request: web.Request, namespace: Namespace) -> Principal:
+    """The principal of a handshake; raises Refused(401) for a missing or invalid token."""
+    token = bearer_token(request.headers.get("Authorization")) or request.query.get("access_token")
+    if not token:
+        if namespace in gateway.config.public_namespaces:
+            return Principal(sub=None)
+        raise Refused(401, "unauthorized", "a token is required")
+    if not gateway.auth.configured:
+        raise Refused(401, "unauthorized", "this gateway accepts no tokens")
+    try:
+        return gateway.auth.verify(token)
+    except AuthError as exc:
+        raise Refused(401, exc.code, exc.reason) from None
+
+
+async def handle_ws(request: web.Request) -> web.StreamResponse:
+    """Handshake checks, then the connection's reader loop."""
+    gateway = request.app[GATEWAY]
+    name = request.match_info["namespace"]
+    namespace = Namespace(name) if name in Namespace.__members__.values() else None
+    if namespace is None or namespace not in gateway.config.namespaces:
+        return error_response(404, "not_found", f"unknown namespace {name!r}")
+    ws = web.WebSocketResponse(
+        heartbeat=gateway.config.heartbeat_s,
+        max_msg_size=gateway.config.max_message_bytes,
+        compress=False,  # permessage-deflate costs memory per socket and CPU per frame
+        timeout=CLOSE_TIMEOUT_S,
+    )
+    session: Session | None = None
+    try:
+        if not check_origin(request.headers.get("Origin"), gateway.config.allowed_origins):
+            raise Refused(403, "forbidden", "origin not allowed")
+        if not ws.can_prepare(request).ok:
+            raise Refused(400, "bad_request", "expected a WebSocket upgrade")
+        principal = authenticate(gateway, request, namespace)
+        session = gateway.node.new_session(principal, namespace, "ws")
+        await gateway.node.join(session)
+    except Refused as exc:
+        gateway.metrics.refusals.labels(name, str(exc.status)).inc()
+        return error_response(exc.status, exc.code, exc.message)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        gateway.node.leave(session)
+        raise
+    with structlog.contextvars.bound_contextvars(
+        conn_id=session.id, user_id=session.user_id, namespace=str(namespace)
+    ):
+        await _serve(gateway, request, ws, session)
+    return ws
+
+
+async def _serve(
+    gateway: Gateway, request: web.Request, ws: web.WebSocketResponse, session: Session
+) -> None:
+    node = gateway.node
+    writer = asyncio.get_running_loop().create_task(_write(request, ws, session))
+    log.info("connected", transport="ws")
+    config = gateway.config
+    limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+    try:
+        while not session.closed:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                gateway.metrics.frames_in.labels(session.namespace).inc()
+                await _on_text(node, session, limiter, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                gateway.metrics.frames_in.labels(session.namespace).inc()
+                _reply_error(node, session, ErrorCode.BAD_REQUEST, "binary frames are not accepted")
+            else:  # CLOSE / CLOSING / CLOSED / ERROR: aiohttp has answered already
+                if msg.type is WSMsgType.ERROR and ws.close_code is not None:
+                    session.close(ws.close_code, str(msg.data))
+                break
+    finally:
+        session.close(CloseCode.NORMAL, "client closed")
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        code = int(session.close_code or CloseCode.NORMAL)
+        node.leave(session, code)
+        log.info("disconnected", code=code, reason=session.close_reason)
+
+
+async def _on_text(node: Node, session: Session, limiter: RateLimiter, text: str) -> None:
+    verdict = limiter.check()
+    if verdict is Verdict.DISCONNECT:
+        session.close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+        return
+    ack: int | None = None
+    try:
+        message = codec.decode_client_frame(text)
+        ack = message.ack
+        if verdict is Verdict.LIMITED:
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+        result = await node.handle(session, message)
+    except AckedProtocolError as exc:
+        _reply_error(node, session, exc.code, exc.message, exc.ack)
+        return
+    except ProtocolError as exc:
+        _reply_error(node, session, exc.code, exc.message, ack)
+        return
+    except Exception:
+        log.exception("handler_failed")
+        _reply_error(node, session, ErrorCode.INTERNAL, "internal error", ack)
+        return
+    if ack is not None:
+        session.push(codec.encode_ack(ack, result))
+
+
+def _reply_error(
+    node: Node, session: Session, code: ErrorCode, message: str, ack: int | None = None
+) -> None:
+    node.metrics.client_errors.labels(str(code)).inc()
+    session.push(codec.encode_error(code, message, ack))
+
+
+async def _write(request: web.Request, ws: web.WebSocketResponse, session: Session) -> None:
+    """The connection's only writer: drain the session's buffer, then close with its code."""
+    metrics = request.app[GATEWAY].metrics.frames_out.labels(session.namespace)
+    pump = asyncio.get_running_loop().create_task(_pump(ws, session, metrics))
+    try:
+        await session.wait_closed()
+    finally:
+        # A writer blocked on a client that stopped reading is cancelled here: its frames
+        # were dropped by Session.close, and the close frame goes out on its own.
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await pump
+    await _close(request, ws, session)
+
+
+async def _pump(ws: web.WebSocketResponse, session: Session, metrics: Any) -> None:
+    with contextlib.suppress(ConnectionError):
+        while (batch := await session.next_batch()) is not None:
+            for frame in batch:
+                await ws.send_frame(frame, WSMsgType.TEXT)
+            metrics.inc(len(batch))
+
+
+async def _close(request: web.Request, ws: web.WebSocketResponse, session: Session) -> None:
+    if not ws.closed:
+        code = int(session.close_code or CloseCode.NORMAL)
+        reason = session.close_reason.encode()[:120]
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT_S + 1)
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        # Bytes a non-reading client never took must not pin the socket forever.
+        asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount `/ws/{namespace}`."""
+    app.router.add_get("/ws/{namespace}", handle_ws)
