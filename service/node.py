@@ -149,8 +149,10 @@ class Node:
         loop = asyncio.get_running_loop()
         start = loop.time()
         count = len(sessions)
-        for index, session in enumerate(sessions):
-            due = start + seconds * index / count if count else start
+        for index, session in enumerate(sessions, start=1):
+            # The i-th of n closes is due at i/n of the window: the last one at its end, so
+            # the listener keeps answering 503 to new upgrades for the whole window.
+            due = start + seconds * index / count
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -61,7 +61,9 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         return error_response(404, "not_found", f"unknown namespace {name!r}")
     ws = web.WebSocketResponse(
         heartbeat=gateway.config.heartbeat_s,
-        max_msg_size=gateway.config.max_message_bytes,
+        # aiohttp refuses a frame whose size reaches max_msg_size; the contract accepts
+        # exactly GATEWAY_MAX_MESSAGE_BYTES and closes with 1009 one byte above.
+        max_msg_size=gateway.config.max_message_bytes + 1,
         compress=False,  # permessage-deflate costs memory per socket and CPU per frame
         timeout=CLOSE_TIMEOUT_S,
     )
@@ -69,9 +71,10 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     try:
         if not check_origin(request.headers.get("Origin"), gateway.config.allowed_origins):
             raise Refused(403, "forbidden", "origin not allowed")
+        principal = authenticate(gateway, request, namespace)
+        gateway.node.check_admission(principal, namespace)
         if not ws.can_prepare(request).ok:
             raise Refused(400, "bad_request", "expected a WebSocket upgrade")
-        principal = authenticate(gateway, request, namespace)
         session = gateway.node.new_session(principal, namespace, "ws")
         await gateway.node.join(session)
     except Refused as exc:
@@ -107,8 +110,9 @@ async def _serve(
                 gateway.metrics.frames_in.labels(session.namespace).inc()
                 _reply_error(node, session, ErrorCode.BAD_REQUEST, "binary frames are not accepted")
             else:  # CLOSE / CLOSING / CLOSED / ERROR: aiohttp has answered already
-                if msg.type is WSMsgType.ERROR and ws.close_code is not None:
-                    session.close(ws.close_code, str(msg.data))
+                if msg.type is WSMsgType.ERROR:
+                    code = getattr(msg.data, "code", None) or ws.close_code
+                    session.close(int(code or CloseCode.INTERNAL), str(msg.data))
                 break
     finally:
         session.close(CloseCode.NORMAL, "client closed")
