@@ -64,10 +64,15 @@ class RecordingBackbone(MemoryBackbone):
         self.failure: Exception | None = None
         self.gate = asyncio.Event()
         self.gate.set()
+        self.unbind_gate = asyncio.Event()
+        self.unbind_gate.set()
+        self.binds_started = 0
         self.required: set[str] = set()  # keys that must stay covered at every moment
         self.lapses: list[str] = []
 
     async def bind(self, keys: Collection[str]) -> None:
+        self.binds_started += 1
+        self.progress.fire()
         await self.gate.wait()
         self.calls.append(("bind", tuple(keys)))
         try:
@@ -79,6 +84,8 @@ class RecordingBackbone(MemoryBackbone):
 
     async def unbind(self, keys: Collection[str]) -> None:
         self.calls.append(("unbind", tuple(keys)))
+        self.progress.fire()
+        await self.unbind_gate.wait()
         try:
             if self.failure is not None:
                 raise self.failure
@@ -274,6 +281,53 @@ async def test_adding_a_key_twice_binds_it_once(make: Factory, backbone: Recordi
     bindings.add(["dashboard.b"])
     await bindings.need(["dashboard.b"], WAIT_S)
     assert backbone.ops("bind").count("dashboard.a") == 1
+
+
+async def test_need_does_not_trust_a_binding_being_removed(
+    make: Factory, backbone: RecordingBackbone, progress: Progress
+) -> None:
+    """A subscribe racing the unbind of `dashboard.#` must wait for its own binding.
+
+    Otherwise it is acked while `dashboard.#` goes away and `dashboard.sales` is not bound
+    yet, and updates published in between are lost although the client was told otherwise.
+    """
+    bindings = make(mode=BindingMode.DYNAMIC, grace_s=0.0)
+    bindings.add(["dashboard.#"])
+    await bindings.need(["dashboard.#"], WAIT_S)
+    backbone.unbind_gate.clear()
+    bindings.remove(["dashboard.#"])
+    await progress.until(lambda: backbone.ops("unbind") == ["dashboard.#"])  # in flight
+    bindings.add(["dashboard.sales"])
+    waiter = asyncio.create_task(bindings.need(["dashboard.sales"], WAIT_S))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done(), "need() returned on the strength of a binding being removed"
+    backbone.unbind_gate.set()
+    async with asyncio.timeout(WAIT_S):
+        await waiter
+    assert covers(backbone.bindings, "dashboard.sales")
+
+
+async def test_need_does_not_trust_a_binding_planned_for_removal(
+    make: Factory, backbone: RecordingBackbone, progress: Progress
+) -> None:
+    """Same race, caught earlier: the pass binds something else first, then unbinds."""
+    bindings = make(mode=BindingMode.DYNAMIC, grace_s=0.0)
+    bindings.add(["dashboard.#"])
+    await bindings.need(["dashboard.#"], WAIT_S)
+    backbone.gate.clear()
+    bindings.remove(["dashboard.#"])
+    bindings.add(["dashboard.ops"])  # this pass: bind ops (held at the gate), unbind #
+    await progress.until(lambda: backbone.binds_started == 2)  # the pass is at the gate
+    bindings.add(["dashboard.sales"])
+    waiter = asyncio.create_task(bindings.need(["dashboard.sales"], WAIT_S))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done(), "need() returned on the strength of a binding about to go"
+    backbone.gate.set()
+    async with asyncio.timeout(WAIT_S):
+        await waiter
+    assert covers(backbone.bindings, "dashboard.sales")
 
 
 # -- grace period -----------------------------------------------------------------------------
