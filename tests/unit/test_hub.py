@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from service import routing
 from service.errors import CloseCode
@@ -478,3 +481,95 @@ def test_fanout_to_nobody(hub: Hub) -> None:
     assert hub.fanout(route("notification.user.42"), b"x") == (0, 0)
     assert hub.fanout(route("dashboard.sales"), b"x") == (0, 0)
     assert hub.fanout(route("notification.broadcast"), b"x") == (0, 0)
+
+
+# -- properties -------------------------------------------------------------------------------
+
+USERS = ["1", "2", "a", "a.b"]
+TOPICS = ["sales", "ops", "hr", "eu.sales"]
+CLAIMS: list[list[str] | None] = [None, [], ["sales"], ["sales", "ops"]]
+
+
+class HubMachine(RuleBasedStateMachine):
+    """Random add / remove / subscribe / unsubscribe sequences against the hub's invariants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub = Hub()
+        self.mirror: set[str] = set()  # the keys the KeyChanges said are needed
+
+    sessions = Bundle("sessions")
+
+    def apply(self, change: KeyChange) -> None:
+        assert not set(change.added) & self.mirror
+        assert set(change.removed) <= self.mirror
+        self.mirror |= set(change.added)
+        self.mirror -= set(change.removed)
+
+    @rule(
+        target=sessions,
+        namespace=st.sampled_from(list(Namespace)),
+        user=st.sampled_from([None, *USERS]),
+        claim=st.sampled_from(CLAIMS),
+    )
+    def add(self, namespace: Namespace, user: str | None, claim: list[str] | None) -> Session:
+        session = make(namespace, user, topics=claim)
+        self.apply(self.hub.add(session))
+        return session
+
+    @rule(session=sessions)
+    def remove(self, session: Session) -> None:
+        self.apply(self.hub.remove(session))
+
+    @rule(
+        session=sessions,
+        topics=st.lists(st.sampled_from([WILDCARD, *TOPICS]), min_size=1, max_size=3),
+        subscribe=st.booleans(),
+    )
+    def change_subscriptions(self, session: Session, topics: list[str], subscribe: bool) -> None:
+        if session.namespace is not DASH:
+            return
+        # The node lets through only topics the claim allows (and `*`); the hub trusts it.
+        allowed = [t for t in topics if t == WILDCARD or session.principal.may_see(t)]
+        if not allowed:
+            return
+        before = set(self.hub.subscriptions(session))
+        if subscribe:
+            self.apply(self.hub.subscribe(session, allowed))
+        else:
+            self.apply(self.hub.unsubscribe(session, allowed))
+            if WILDCARD in allowed:
+                assert self.hub.subscriptions(session) == []
+            elif session.explicit and before != {WILDCARD}:
+                assert not set(allowed) & set(self.hub.subscriptions(session))
+
+    @invariant()
+    def needed_keys_are_the_union_of_every_sessions_keys(self) -> None:
+        union: set[str] = set()
+        for session in self.hub.sessions():
+            union |= self.hub.keys_of(session)
+        assert self.hub.needed_keys() == union == self.mirror
+
+    @invariant()
+    def targets_are_exactly_the_receiving_sessions(self) -> None:
+        dashboards = [s for s in self.hub.sessions() if s.namespace is DASH]
+        for topic in TOPICS:
+            targets = list(self.hub.targets(route(routing.topic_key(topic))))
+            assert len(targets) == len(set(targets))
+            assert set(targets) == {s for s in dashboards if self.hub.receives(s, topic)}
+            for session in targets:
+                assert session.principal.may_see(topic), "`*` widened the topics claim"
+
+    @invariant()
+    def user_targets_and_counts(self) -> None:
+        sessions = self.hub.sessions()
+        for user in USERS:
+            mine = {s for s in sessions if s.namespace is NOTE and s.user_id == user}
+            assert set(self.hub.targets(route(routing.user_key(user)))) == mine
+            assert self.hub.connections_of(user) == sum(s.user_id == user for s in sessions)
+        notes = {s for s in sessions if s.namespace is NOTE}
+        assert set(self.hub.targets(route(routing.BROADCAST_KEY))) == notes
+
+
+TestHubMachine = HubMachine.TestCase
+TestHubMachine.settings = settings(max_examples=150, stateful_step_count=30)
