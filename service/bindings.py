@@ -81,6 +81,7 @@ class Bindings:
         self._effective: set[str] = set()
         self._linger: dict[str, float] = {}  # key → time it may be unbound
         self._bound: set[str] = set()
+        self._unbinding: set[str] = set()  # bound, but this pass is about to unbind them
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -115,8 +116,8 @@ class Bindings:
         self._fail_waiters("bindings closed")
 
     def is_covered(self, key: str) -> bool:
-        """Whether events for `key` reach this instance now."""
-        return covers(self._bound, key)
+        """Whether events for `key` reach this instance now and will go on doing so."""
+        return covers(self._lasting(), key)
 
     def add(self, keys: Iterable[str]) -> None:
         """Keys that became needed (hub refcount 0 → 1); applied in the background."""
@@ -142,7 +143,8 @@ class Bindings:
 
     async def need(self, keys: Collection[str], timeout_s: float) -> None:
         """Return once every key is covered by a binding; BackboneUnavailable on timeout."""
-        if all(covers(self._bound, key) for key in keys):
+        lasting = self._lasting()
+        if all(covers(lasting, key) for key in keys):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (frozenset(keys), future)
@@ -157,6 +159,11 @@ class Bindings:
                 self._waiters.remove(entry)
 
     # -- the applier ----------------------------------------------------------------------
+
+    def _lasting(self) -> Collection[str]:
+        """The bindings need() may count on: a key being unbound is not one of them, or a
+        subscribe racing the unbind of `dashboard.#` would be acked before its own key is."""
+        return self._bound - self._unbinding if self._unbinding else self._bound
 
     def _compute_effective(self) -> set[str]:
         if self.mode is BindingMode.WILDCARD:
@@ -194,6 +201,7 @@ class Bindings:
         while True:
             self._wake.clear()
             to_bind, to_unbind, deadline = self._plan(self._clock())
+            self._unbinding = set(to_unbind)
             try:
                 # Bind before unbinding: a key moving from `notification.user.42` to
                 # `notification.user.#` is covered at every moment.
@@ -206,6 +214,7 @@ class Bindings:
                     await self._backbone.unbind(batch)
                     self.unbind_calls += 1
                     self._bound.difference_update(batch)
+                self._unbinding.clear()
             except BackboneUnavailable as exc:
                 log.warning("bindings_deferred", reason=str(exc))
                 await asyncio.sleep(RETRY_S)
@@ -223,8 +232,9 @@ class Bindings:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _resolve_waiters(self) -> None:
+        lasting = self._lasting()
         for keys, future in self._waiters:
-            if not future.done() and all(covers(self._bound, key) for key in keys):
+            if not future.done() and all(covers(lasting, key) for key in keys):
                 future.set_result(None)
 
     def _fail_waiters(self, reason: str) -> None:

@@ -188,7 +188,11 @@ class Node:
         )
 
     async def join(self, session: Session) -> None:
-        """Admit and register a session; returns once its bindings are in place."""
+        """Admit and register a session; returns once its bindings are in place.
+
+        Raises Refused: 503 / 429 from the limits, and 503 when the bindings it needs cannot
+        be put in place in time (backbone down), so the transport answers before any upgrade.
+        """
         self.check_admission(session.principal, session.namespace)
         change = self.hub.add(session)
         self._idle.clear()
@@ -197,6 +201,9 @@ class Node:
             heapq.heappush(self._expiry, (session.principal.exp, session.id))
         try:
             await self.bindings.need(self.hub.keys_of(session), self.limits.bind_timeout_s)
+        except BackboneUnavailable as exc:
+            self.leave(session)
+            raise Refused(503, "unavailable", f"backbone unavailable: {exc}") from None
         except BaseException:
             self.leave(session)
             raise

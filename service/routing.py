@@ -7,10 +7,10 @@ Routing keys services publish to:
 - `notification.broadcast`
 
 User ids and topics are data, never patterns. They are validated, not escaped: an id or
-topic that contains `*` or `#`, whitespace or control characters, an empty dot-separated word
-(`a..b`, `.a`, `a.`), or more than MAX_ID_BYTES of UTF-8 is refused where it enters the gateway
-(token, subscribe, publish). Dots inside a valid id are fine: bindings are exact keys, so
-`notification.user.a.b` never matches anything but itself.
+topic that contains `*` or `#`, whitespace or control characters, a lone surrogate, an empty
+dot-separated word (`a..b`, `.a`, `a.`), or more than MAX_ID_BYTES of UTF-8 is refused where
+it enters the gateway (token, subscribe, publish). Dots inside a valid id are fine: bindings
+are exact keys, so `notification.user.a.b` never matches anything but itself.
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ def id_problem(value: str) -> str | None:
     """Why `value` cannot be a user id or topic, or None when it can."""
     if not value:
         return "must not be empty"
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no AMQP key can carry it
+        return "must be valid UTF-8 (no lone surrogates)"
+    if size > MAX_ID_BYTES:
         return f"must be at most {MAX_ID_BYTES} bytes"
     if "*" in value or "#" in value:
         return "must not contain '*' or '#' (AMQP wildcards)"
