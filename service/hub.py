@@ -238,9 +238,12 @@ class Hub:
         """Push `frame` to every target; returns (delivered, dropped by slow consumers).
 
         A session whose buffer overflows is closed with 4008 by `Session.push` itself.
+        Sessions already closing (drain, expiry, overflow) are skipped, not counted.
         """
         delivered = dropped = 0
         for session in self.targets(route, exclude):
+            if session.close_code is not None:
+                continue
             if session.push(frame):
                 delivered += 1
             else:
