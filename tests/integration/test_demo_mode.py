@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import configparser
+import fnmatch
 import random
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from service.node import Node
 from service.transports import demo as demo_http
 from tests.conftest import SECRET, Gateway, GatewayFactory, receive, request
 
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_PATHS = ["/demo", "/demo/", "/demo/token", "/demo/info", "/demo/realtime.js"]
 
 
@@ -47,7 +51,8 @@ async def test_page_and_client_are_served_with_a_strict_policy(demo: Gateway) ->
         script = await demo.client.get(f"/demo/{name}")
         assert script.status == 200
         assert script.content_type in ("text/javascript", "application/javascript")
-    assert "export class RealtimeClient" in await (await demo.client.get("/demo/realtime.js")).text()
+    client = await demo.client.get("/demo/realtime.js")
+    assert "export class RealtimeClient" in await client.text()
 
 
 @pytest.mark.parametrize("path", ["/demo/missing.js", "/demo/..%2Fdemo.py", "/demo/.hidden"])
@@ -57,9 +62,15 @@ async def test_only_shipped_files_are_served(demo: Gateway, path: str) -> None:
     assert (await resp.json())["error"]["code"] == "not_found"
 
 
-def test_the_package_ships_the_static_files() -> None:
-    names = set(demo_http.static_files())
-    assert {"demo.html", "demo.js", "demo.css", "realtime.js"} <= names
+def test_package_data_covers_every_static_file() -> None:
+    """setup.cfg's package_data ships service/static/ in a non-editable install too."""
+    files = demo_http.static_files()
+    assert {"demo.html", "demo.js", "demo.css", "realtime.js"} <= set(files)
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    patterns = setup["options.package_data"]["service"].replace(",", " ").split()
+    for name in files:
+        assert any(fnmatch.fnmatch(f"static/{name}", p) for p in patterns), name
 
 
 async def test_token_endpoint_mints_a_token_the_gateway_accepts(demo: Gateway) -> None:
