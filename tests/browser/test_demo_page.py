@@ -101,6 +101,7 @@ async def test_demo_page_live_synced_and_self_healing(
     read = re.compile(r"(^|\s)read(\s|$)")
     unread = re.compile(r"(^|\s)unread(\s|$)")
     page_errors: list[str] = []
+    console: list[str] = []
     wire = Wire()
     url = f"{demo_gateway.base_url}/demo/"
     async with async_playwright() as pw:
@@ -115,6 +116,7 @@ async def test_demo_page_live_synced_and_self_healing(
             tab_a, tab_b = context.pages[0], await context.new_page()
             for page in (tab_a, tab_b):
                 page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+                page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
             wire.attach(tab_a)
             await tab_a.goto(f"{url}?ttl={TOKEN_TTL_S}")
             await tab_b.goto(url)
@@ -187,6 +189,8 @@ async def test_demo_page_live_synced_and_self_healing(
             await context.close()
 
     assert page_errors == []
+    # The page's Content-Security-Policy allowed everything it does (sockets included).
+    assert [line for line in console if "Content Security Policy" in line] == []
     # One connect before the crash and one after: no 4001 drop despite 8-second tokens.
     assert (stats["d"]["connects"], stats["n"]["connects"]) == (2, 2), stats
 
