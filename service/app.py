@@ -12,9 +12,11 @@ from service.backbone.base import Backbone
 from service.backbone.memory import MemoryBackbone
 from service.bindings import BindingMode, Bindings
 from service.config import Config
+from service.demo import DemoProducer
 from service.errors import ConfigError
 from service.metrics import Metrics
 from service.node import Limits, Node
+from service.transports import demo as demo_http
 from service.transports import health, http_api, ws
 from service.transports.context import GATEWAY, Gateway
 
@@ -76,6 +78,8 @@ def create_app(config: Config, *, backbone: Backbone | None = None) -> web.Appli
     ws.add_routes(app)
     health.add_routes(app)
     http_api.add_routes(app)
+    if config.demo:
+        demo_http.setup(app, DemoProducer(node))
     return app
 
 

@@ -490,7 +490,14 @@ OPTIONS: tuple[Option, ...] = (
         "how long an unneeded binding lingers before it is removed",
         "SECONDS",
     ),
-    _opt("DEMO", "demo", _bool, "false", "demo mode, for local use only", "BOOL"),
+    _opt(
+        "DEMO",
+        "demo",
+        _bool,
+        "false",
+        "serve /demo/ (page, dev token endpoint) and a synthetic producer; local use only",
+        "BOOL",
+    ),
 )
 OPTIONS_BY_ENV: Mapping[str, Option] = {option.env: option for option in OPTIONS}
 
