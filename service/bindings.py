@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 HYSTERESIS = 0.8
 RETRY_S = 1.0
 MAX_BATCH = 500
+UNBIND_BATCH = 100  # unbinds are one broker round trip each: keep runs short (see _run)
 
 
 class BindingMode(StrEnum):
@@ -87,6 +88,7 @@ class Bindings:
         self._task: asyncio.Task[None] | None = None
         self.bind_calls = 0
         self.unbind_calls = 0
+        self._deferred = False  # a BackboneUnavailable was logged and not yet followed by success
 
     @property
     def bound(self) -> frozenset[str]:
@@ -210,13 +212,23 @@ class Bindings:
                     self.bind_calls += 1
                     self._bound.update(batch)
                     self._resolve_waiters()
-                for batch in _batches(to_unbind):
+                interrupted = False
+                for batch in _batches(to_unbind, UNBIND_BATCH):
                     await self._backbone.unbind(batch)
                     self.unbind_calls += 1
                     self._bound.difference_update(batch)
+                    if self._wake.is_set():
+                        # New interest arrived: bind it first (a subscribe or an upgrade is
+                        # waiting on it); the rest of the unbinds is planned again at once.
+                        interrupted = True
+                        break
+                if interrupted:
+                    continue
                 self._unbinding.clear()
             except BackboneUnavailable as exc:
-                log.warning("bindings_deferred", reason=str(exc))
+                # Once per outage at warning level: a broker outage retries every second.
+                (log.debug if self._deferred else log.warning)("bindings_deferred", reason=str(exc))
+                self._deferred = True
                 await asyncio.sleep(RETRY_S)
                 continue
             except Exception as exc:
@@ -224,6 +236,9 @@ class Bindings:
                 log.debug("bindings_failed_traceback", exc_info=True)
                 await asyncio.sleep(RETRY_S)
                 continue
+            if self._deferred:
+                log.info("bindings_applied", bound=len(self._bound))
+                self._deferred = False
             self._resolve_waiters()
             if self._wake.is_set():
                 continue
@@ -243,6 +258,6 @@ class Bindings:
                 future.set_exception(BackboneUnavailable(reason))
 
 
-def _batches(keys: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(keys), MAX_BATCH):
-        yield keys[start : start + MAX_BATCH]
+def _batches(keys: list[str], size: int = MAX_BATCH) -> Iterable[list[str]]:
+    for start in range(0, len(keys), size):
+        yield keys[start : start + size]

@@ -180,7 +180,7 @@ class AmqpBackbone:
         self.dead_letter_queue = dead_letter_queue
         self.queue_name = queue_prefix + instance_id
         self._prefetch = prefetch
-        self._metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics()
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._backoff_initial_s = backoff_initial_s
@@ -420,7 +420,7 @@ class AmqpBackbone:
     async def _dead_letter(
         self, message: AbstractIncomingMessage, reason: str, detail: str
     ) -> None:
-        self._metrics.dead_lettered.labels(reason).inc()
+        self.metrics.dead_lettered.labels(reason).inc()
         log.warning(
             "message_dead_lettered",
             message_id=message.message_id,
@@ -545,7 +545,7 @@ class AmqpBackbone:
                 self._reason = f"reconnecting to the broker (attempt {attempt}): {describe(exc)}"
                 log.warning("backbone_reconnect_failed", attempt=attempt, error=describe(exc))
                 continue
-            self._metrics.backbone_reconnects.inc()
+            self.metrics.backbone_reconnects.inc()
             log.info("backbone_reconnected", attempts=attempt, bindings=len(self._keys))
             return
 

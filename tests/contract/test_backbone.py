@@ -176,7 +176,12 @@ async def test_a_bound_key_is_delivered_with_every_field(
 ) -> None:
     await harness.backbone.bind(["notification.user.7"])
     sent = Event(
-        "notification.user.7", "notification_read", {"id": "n1"}, "msg-1", 1_700_000_000_123, origin="conn-9"
+        "notification.user.7",
+        "notification_read",
+        {"id": "n1"},
+        "msg-1",
+        1_700_000_000_123,
+        origin="conn-9",
     )
     await harness.backbone.publish(sent)
     [got] = await started.count(1)
