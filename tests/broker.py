@@ -279,8 +279,8 @@ class Names:
         connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel()
-            for queue in (self.dead, *(f"realtime.gateway.{i}" for i in self.created)):
-                await channel.queue_delete(queue)
+            # Instance queues are exclusive and auto-delete: they went with their gateway.
+            await channel.queue_delete(self.dead)
             for exchange in (self.events, self.upstream, self.dlx):
                 await channel.exchange_delete(exchange)
 
@@ -369,7 +369,8 @@ BackboneFactory = Callable[..., Awaitable[AmqpBackbone]]
 
 def make_backbone(url: str, names: Names, **kwargs: Any) -> AmqpBackbone:
     """An AmqpBackbone on this test's names (not started)."""
-    kwargs.setdefault("instance_id", names.instance())
+    if "instance_id" not in kwargs:
+        kwargs["instance_id"] = names.instance()
     kwargs.setdefault("backoff_max_s", 2.0)
     return AmqpBackbone(
         url,
@@ -487,9 +488,9 @@ AmqpGatewayFactory = Callable[..., Awaitable[AmqpGateway]]
 
 @pytest.fixture
 async def start_amqp_gateway(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     amqp_broker: Broker,
-    amqp_names: Names,
+    amqp_names: Names,  # before aiohttp_client, so the names outlive the gateways
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
 ) -> AmqpGatewayFactory:
     """Factory: `await start_amqp_gateway(bindings="dynamic", url=proxy_url, **config)`.
 
