@@ -259,7 +259,9 @@ async def main() -> None:
         print(f"| {name} | {rate:,.0f} |")
 
     print(f"\n## {args.users} users connecting at once ({args.concurrency} handshakes in flight)\n")
-    print("| mode | round | accepted | failed | seconds | connects/s | p50 ms | p99 ms | bindings |")
+    print(
+        "| mode | round | accepted | failed | seconds | connects/s | p50 ms | p99 ms | bindings |"
+    )
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     modes = args.modes.split(",")
     for round_ in range(1, args.repeat + 1):

@@ -153,7 +153,10 @@ class Bindings:
         self._waiters.append(entry)
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # lands in the tick its inner future completes (see _run).
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(future)
         except TimeoutError:
             raise BackboneUnavailable("bindings could not be applied in time") from None
         finally:
@@ -243,8 +246,11 @@ class Bindings:
             if self._wake.is_set():
                 continue
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            # Not asyncio.wait_for: on Python 3.11 it returns normally when the cancel from
+            # close() lands in the same tick as a wake-up, and close() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _resolve_waiters(self) -> None:
         lasting = self._lasting()
