@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections.abc import Callable, Collection, Iterable
 from enum import StrEnum
@@ -81,6 +82,12 @@ class Bindings:
         self._collapsed = False  # auto mode above the threshold
         self._effective: set[str] = set()
         self._linger: dict[str, float] = {}  # key → time it may be unbound
+        self._deadlines: list[tuple[float, str]] = []  # heap over _linger (stale entries skipped)
+        # Planning is incremental, so a pass costs what changed, not every key: a storm of
+        # 5,000 joins is 5,000 passes. `_dirty` holds the keys to look at in the next pass;
+        # `_full` asks for every key (first pass, auto mode collapsing or expanding).
+        self._dirty: set[str] = set()
+        self._full = True
         self._bound: set[str] = set()
         self._unbinding: set[str] = set()  # bound, but this pass is about to unbind them
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
@@ -128,6 +135,7 @@ class Bindings:
             if key not in self._wanted:
                 self._wanted.add(key)
                 self._wanted_users += key.startswith(routing.USER_PREFIX)
+                self._dirty.add(key)
                 changed = True
         if changed:
             self._wake.set()
@@ -139,6 +147,7 @@ class Bindings:
             if key in self._wanted:
                 self._wanted.discard(key)
                 self._wanted_users -= key.startswith(routing.USER_PREFIX)
+                self._dirty.add(key)
                 changed = True
         if changed:
             self._wake.set()
@@ -170,36 +179,68 @@ class Bindings:
         subscribe racing the unbind of `dashboard.#` would be acked before its own key is."""
         return self._bound - self._unbinding if self._unbinding else self._bound
 
-    def _compute_effective(self) -> set[str]:
+    def _update_collapsed(self) -> bool:
+        """Auto mode: collapse above the maximum, expand below 80 % of it; True on a flip."""
+        if self.mode is not BindingMode.AUTO:
+            return False
+        if not self._collapsed and self._wanted_users > self._user_max:
+            self._collapsed = True
+            log.info("bindings_collapsed", users=self._wanted_users, max=self._user_max)
+            return True
+        if self._collapsed and self._wanted_users < self._user_max * HYSTERESIS:
+            self._collapsed = False
+            log.info("bindings_expanded", users=self._wanted_users, max=self._user_max)
+            return True
+        return False
+
+    def _effective_now(self, key: str) -> bool:
+        """Whether the mode wants `key` bound for the current interest."""
         if self.mode is BindingMode.WILDCARD:
-            return set(WILDCARD_KEYS)
-        if self.mode is BindingMode.AUTO:
-            if not self._collapsed and self._wanted_users > self._user_max:
-                self._collapsed = True
-                log.info("bindings_collapsed", users=self._wanted_users, max=self._user_max)
-            elif self._collapsed and self._wanted_users < self._user_max * HYSTERESIS:
-                self._collapsed = False
-                log.info("bindings_expanded", users=self._wanted_users, max=self._user_max)
-        if not self._collapsed:
-            return set(self._wanted)
-        effective = {k for k in self._wanted if not k.startswith(routing.USER_PREFIX)}
-        effective.add(routing.USERS_ALL)
-        return effective
+            return key in WILDCARD_KEYS
+        if key == routing.USERS_ALL:
+            return self._collapsed
+        if key not in self._wanted:
+            return False
+        return not (self._collapsed and key.startswith(routing.USER_PREFIX))
 
     def _plan(self, now: float) -> tuple[list[str], list[str], float | None]:
-        effective = self._compute_effective()
-        for key in self._effective - effective:
-            self._linger[key] = now + self._grace_s
-        for key in effective:
-            self._linger.pop(key, None)
-        self._effective = effective
-        for key, deadline in list(self._linger.items()):
-            if deadline <= now:
+        if self._update_collapsed() or self._full:
+            candidates = (
+                self._wanted
+                | self._effective
+                | self._bound
+                | self._linger.keys()
+                | WILDCARD_KEYS
+                | {routing.USERS_ALL}
+            )
+            self._full = False
+        else:
+            candidates = self._dirty
+        self._dirty = set()
+        for key in candidates:
+            if self._effective_now(key):
+                self._effective.add(key)
+                self._linger.pop(key, None)
+            elif key in self._effective:
+                self._effective.discard(key)
+                self._linger[key] = deadline = now + self._grace_s
+                heapq.heappush(self._deadlines, (deadline, key))
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, key = heapq.heappop(self._deadlines)
+            if self._linger.get(key) == deadline:
                 del self._linger[key]
-        desired = effective | self._linger.keys()
-        to_bind = sorted(desired - self._bound)
-        to_unbind = sorted(self._bound - desired)
-        next_deadline = min(self._linger.values(), default=None)
+                candidates.add(key)
+        desired = self._effective.__contains__
+        lingering = self._linger.__contains__
+        to_bind = sorted(
+            k for k in candidates if (desired(k) or lingering(k)) and k not in self._bound
+        )
+        to_unbind = sorted(
+            k for k in candidates if k in self._bound and not desired(k) and not lingering(k)
+        )
+        while self._deadlines and self._linger.get(self._deadlines[0][1]) != self._deadlines[0][0]:
+            heapq.heappop(self._deadlines)  # stale: the key came back, or went
+        next_deadline = self._deadlines[0][0] if self._deadlines else None
         return to_bind, to_unbind, next_deadline
 
     async def _run(self) -> None:
@@ -226,15 +267,18 @@ class Bindings:
                         interrupted = True
                         break
                 if interrupted:
+                    self._dirty.update(to_unbind)  # the rest: planned again at once
                     continue
                 self._unbinding.clear()
             except BackboneUnavailable as exc:
+                self._dirty.update(to_bind, to_unbind)  # retried (bind/unbind are idempotent)
                 # Once per outage at warning level: a broker outage retries every second.
                 (log.debug if self._deferred else log.warning)("bindings_deferred", reason=str(exc))
                 self._deferred = True
                 await asyncio.sleep(RETRY_S)
                 continue
             except Exception as exc:
+                self._dirty.update(to_bind, to_unbind)
                 log.error("bindings_failed", error=repr(exc))
                 log.debug("bindings_failed_traceback", exc_info=True)
                 await asyncio.sleep(RETRY_S)
