@@ -5,7 +5,11 @@ Part 1, the broker's bind rate: bind N routing keys to one queue (one round trip
 pipelined as the gateway does it: nowait binds closed by one synchronous bind), then unbind
 them (AMQP 0-9-1 has no nowait unbind).
 
-Part 2, a connect storm: a gateway (a real `realtime-gateway serve` subprocess on a loopback
+Part 2, the binding layer alone (service/bindings.py over AmqpBackbone, no sockets): N users'
+keys wanted at once, time until every `need()` is met, and the time a reconnect takes to
+re-declare the queue and re-apply those bindings.
+
+Part 3, a connect storm: a gateway (a real `realtime-gateway serve` subprocess on a loopback
 port, on the broker) and N notification users connecting at once, each with its own user id,
 in each binding mode, plus the embedded backbone as a baseline without any broker. Reported:
 time until every upgrade completed, per-connect latency percentiles, refusals, and the
@@ -42,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.auth import Authenticator  # noqa: E402
 from service.backbone.amqp import AmqpBackbone  # noqa: E402
+from service.bindings import BindingMode, Bindings  # noqa: E402
 from service.log import configure_logging  # noqa: E402
 
 SECRET = "bench-secret-" + "x" * 32
@@ -104,7 +109,48 @@ async def _delete(url: str, tag: str, prefix: str) -> None:
             await channel.exchange_delete(f"{prefix}.{name}.{tag}")
 
 
-# --- part 2: a connect storm -------------------------------------------------------------------
+# --- part 2: the binding layer alone ------------------------------------------------------------
+
+
+async def binding_layer(url: str, mode: str, users: int) -> dict[str, float]:
+    """N users' keys wanted at once, no sockets: until every need() is met; then the time a
+    reconnect takes to re-declare the queue and re-apply what is bound."""
+    tag = uuid.uuid4().hex[:8]
+    backbone = AmqpBackbone(
+        url,
+        instance_id=f"bench-layer-{tag}",
+        exchange=f"bench.events.{tag}",
+        upstream_exchange=f"bench.upstream.{tag}",
+        dead_letter_exchange=f"bench.dlx.{tag}",
+        dead_letter_queue=f"bench.dead.{tag}",
+        backoff_initial_s=0.01,
+    )
+    await backbone.start(lambda event: None)
+    bindings = Bindings(backbone, mode=BindingMode(mode))
+    bindings.start()
+    try:
+        keys = [[f"notification.user.u{i}", "notification.broadcast"] for i in range(users)]
+        begin = time.perf_counter()
+        for pair in keys:
+            bindings.add(pair)
+        async with asyncio.timeout(PHASE_DEADLINE_S):
+            await asyncio.gather(*(bindings.need(pair, PHASE_DEADLINE_S) for pair in keys))
+        needed = time.perf_counter() - begin
+        bound = len(backbone.bindings)
+        link = backbone._link
+        assert link is not None
+        begin = time.perf_counter()
+        await link.connection.close()
+        await backbone.wait_ready(PHASE_DEADLINE_S)
+        reapplied = time.perf_counter() - begin
+    finally:
+        await bindings.close()
+        await backbone.close()
+        await _delete(url, tag, "bench")
+    return {"seconds": needed, "bindings": bound, "reconnect": reapplied}
+
+
+# --- part 3: a connect storm -------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -234,6 +280,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--keys", type=int, default=5000)
+    parser.add_argument("--layer-users", type=int, default=0, help="part 2 (default: --users)")
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -257,6 +304,18 @@ async def main() -> None:
     print("| operation | keys/s |\n| --- | ---: |")
     for name, rate in (await bind_rate(args.amqp_url, args.keys)).items():
         print(f"| {name} | {rate:,.0f} |")
+
+    layer_users = args.layer_users or args.users
+    print(f"\n## the binding layer alone: {layer_users} users' keys wanted at once\n")
+    print("| mode | all bindings in place, s | bindings | reconnect + re-apply, s |")
+    print("| --- | ---: | ---: | ---: |")
+    for mode in ("wildcard", "auto", "dynamic"):
+        layer = await binding_layer(args.amqp_url, mode, layer_users)
+        print(
+            f"| {mode} | {layer['seconds']:.2f} | {layer['bindings']:.0f} "
+            f"| {layer['reconnect']:.2f} |",
+            flush=True,
+        )
 
     print(f"\n## {args.users} users connecting at once ({args.concurrency} handshakes in flight)\n")
     print(
