@@ -35,6 +35,7 @@ from tests.broker import (
     Names,
     Service,
     TcpProxy,
+    make_backbone,
     next_message,
     until,
 )
@@ -461,3 +462,27 @@ async def test_a_token_whose_sub_is_a_pattern_is_refused(
             await gw.gateway.connect("notifications", token=token)
         assert refused.value.status == 401
     assert gw.gateway.node.bindings.bound == frozenset()
+
+
+async def test_a_mismatched_exchange_or_a_duplicate_instance_id_stops_the_start(
+    amqp_broker: Broker, amqp_names: Names
+) -> None:
+    first = make_backbone(amqp_broker.url, amqp_names)
+    await first.start(lambda event: None)
+    try:
+        twin = make_backbone(amqp_broker.url, amqp_names, instance_id=first.instance_id)
+        with pytest.raises(ConfigError, match="RESOURCE_LOCKED"):
+            await twin.start(lambda event: None)
+    finally:
+        await first.close()
+    fresh = Names.new()  # the exchanges above exist now, as the gateway declares them
+    connection = await aio_pika.connect(amqp_broker.url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(fresh.upstream, aio_pika.ExchangeType.FANOUT)
+    other = make_backbone(amqp_broker.url, fresh)
+    try:
+        with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
+            await other.start(lambda event: None)
+    finally:
+        await fresh.delete(amqp_broker.url)
