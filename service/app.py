@@ -45,7 +45,9 @@ def build_backbone(config: Config, metrics: Metrics) -> Backbone:
     """The embedded backbone when no AMQP URL is set, else RabbitMQ (imported lazily)."""
     if not config.amqp_url:
         return MemoryBackbone()
-    raise ConfigError("GATEWAY_AMQP_URL", "the RabbitMQ backbone is not built yet")
+    from service.backbone.amqp import AmqpBackbone  # the only aio_pika user, loaded on demand
+
+    return AmqpBackbone.from_config(config, metrics)
 
 
 def create_app(config: Config, *, backbone: Backbone | None = None) -> web.Application:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections.abc import Callable, Collection, Iterable
 from enum import StrEnum
@@ -34,6 +35,7 @@ log = structlog.get_logger(__name__)
 HYSTERESIS = 0.8
 RETRY_S = 1.0
 MAX_BATCH = 500
+UNBIND_BATCH = 100  # unbinds are one broker round trip each: keep runs short (see _run)
 
 
 class BindingMode(StrEnum):
@@ -80,6 +82,12 @@ class Bindings:
         self._collapsed = False  # auto mode above the threshold
         self._effective: set[str] = set()
         self._linger: dict[str, float] = {}  # key → time it may be unbound
+        self._deadlines: list[tuple[float, str]] = []  # heap over _linger (stale entries skipped)
+        # Planning is incremental, so a pass costs what changed, not every key: a storm of
+        # 5,000 joins is 5,000 passes. `_dirty` holds the keys to look at in the next pass;
+        # `_full` asks for every key (first pass, auto mode collapsing or expanding).
+        self._dirty: set[str] = set()
+        self._full = True
         self._bound: set[str] = set()
         self._unbinding: set[str] = set()  # bound, but this pass is about to unbind them
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
@@ -87,6 +95,7 @@ class Bindings:
         self._task: asyncio.Task[None] | None = None
         self.bind_calls = 0
         self.unbind_calls = 0
+        self._deferred = False  # a BackboneUnavailable was logged and not yet followed by success
 
     @property
     def bound(self) -> frozenset[str]:
@@ -126,6 +135,7 @@ class Bindings:
             if key not in self._wanted:
                 self._wanted.add(key)
                 self._wanted_users += key.startswith(routing.USER_PREFIX)
+                self._dirty.add(key)
                 changed = True
         if changed:
             self._wake.set()
@@ -137,6 +147,7 @@ class Bindings:
             if key in self._wanted:
                 self._wanted.discard(key)
                 self._wanted_users -= key.startswith(routing.USER_PREFIX)
+                self._dirty.add(key)
                 changed = True
         if changed:
             self._wake.set()
@@ -151,7 +162,10 @@ class Bindings:
         self._waiters.append(entry)
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # lands in the tick its inner future completes (see _run).
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(future)
         except TimeoutError:
             raise BackboneUnavailable("bindings could not be applied in time") from None
         finally:
@@ -165,36 +179,68 @@ class Bindings:
         subscribe racing the unbind of `dashboard.#` would be acked before its own key is."""
         return self._bound - self._unbinding if self._unbinding else self._bound
 
-    def _compute_effective(self) -> set[str]:
+    def _update_collapsed(self) -> bool:
+        """Auto mode: collapse above the maximum, expand below 80 % of it; True on a flip."""
+        if self.mode is not BindingMode.AUTO:
+            return False
+        if not self._collapsed and self._wanted_users > self._user_max:
+            self._collapsed = True
+            log.info("bindings_collapsed", users=self._wanted_users, max=self._user_max)
+            return True
+        if self._collapsed and self._wanted_users < self._user_max * HYSTERESIS:
+            self._collapsed = False
+            log.info("bindings_expanded", users=self._wanted_users, max=self._user_max)
+            return True
+        return False
+
+    def _effective_now(self, key: str) -> bool:
+        """Whether the mode wants `key` bound for the current interest."""
         if self.mode is BindingMode.WILDCARD:
-            return set(WILDCARD_KEYS)
-        if self.mode is BindingMode.AUTO:
-            if not self._collapsed and self._wanted_users > self._user_max:
-                self._collapsed = True
-                log.info("bindings_collapsed", users=self._wanted_users, max=self._user_max)
-            elif self._collapsed and self._wanted_users < self._user_max * HYSTERESIS:
-                self._collapsed = False
-                log.info("bindings_expanded", users=self._wanted_users, max=self._user_max)
-        if not self._collapsed:
-            return set(self._wanted)
-        effective = {k for k in self._wanted if not k.startswith(routing.USER_PREFIX)}
-        effective.add(routing.USERS_ALL)
-        return effective
+            return key in WILDCARD_KEYS
+        if key == routing.USERS_ALL:
+            return self._collapsed
+        if key not in self._wanted:
+            return False
+        return not (self._collapsed and key.startswith(routing.USER_PREFIX))
 
     def _plan(self, now: float) -> tuple[list[str], list[str], float | None]:
-        effective = self._compute_effective()
-        for key in self._effective - effective:
-            self._linger[key] = now + self._grace_s
-        for key in effective:
-            self._linger.pop(key, None)
-        self._effective = effective
-        for key, deadline in list(self._linger.items()):
-            if deadline <= now:
+        if self._update_collapsed() or self._full:
+            candidates = (
+                self._wanted
+                | self._effective
+                | self._bound
+                | self._linger.keys()
+                | WILDCARD_KEYS
+                | {routing.USERS_ALL}
+            )
+            self._full = False
+        else:
+            candidates = self._dirty
+        self._dirty = set()
+        for key in candidates:
+            if self._effective_now(key):
+                self._effective.add(key)
+                self._linger.pop(key, None)
+            elif key in self._effective:
+                self._effective.discard(key)
+                self._linger[key] = deadline = now + self._grace_s
+                heapq.heappush(self._deadlines, (deadline, key))
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, key = heapq.heappop(self._deadlines)
+            if self._linger.get(key) == deadline:
                 del self._linger[key]
-        desired = effective | self._linger.keys()
-        to_bind = sorted(desired - self._bound)
-        to_unbind = sorted(self._bound - desired)
-        next_deadline = min(self._linger.values(), default=None)
+                candidates.add(key)
+        desired = self._effective.__contains__
+        lingering = self._linger.__contains__
+        to_bind = sorted(
+            k for k in candidates if (desired(k) or lingering(k)) and k not in self._bound
+        )
+        to_unbind = sorted(
+            k for k in candidates if k in self._bound and not desired(k) and not lingering(k)
+        )
+        while self._deadlines and self._linger.get(self._deadlines[0][1]) != self._deadlines[0][0]:
+            heapq.heappop(self._deadlines)  # stale: the key came back, or went
+        next_deadline = self._deadlines[0][0] if self._deadlines else None
         return to_bind, to_unbind, next_deadline
 
     async def _run(self) -> None:
@@ -210,26 +256,45 @@ class Bindings:
                     self.bind_calls += 1
                     self._bound.update(batch)
                     self._resolve_waiters()
-                for batch in _batches(to_unbind):
+                interrupted = False
+                for batch in _batches(to_unbind, UNBIND_BATCH):
                     await self._backbone.unbind(batch)
                     self.unbind_calls += 1
                     self._bound.difference_update(batch)
+                    if self._wake.is_set():
+                        # New interest arrived: bind it first (a subscribe or an upgrade is
+                        # waiting on it); the rest of the unbinds is planned again at once.
+                        interrupted = True
+                        break
+                if interrupted:
+                    self._dirty.update(to_unbind)  # the rest: planned again at once
+                    continue
                 self._unbinding.clear()
             except BackboneUnavailable as exc:
-                log.warning("bindings_deferred", reason=str(exc))
+                self._dirty.update(to_bind, to_unbind)  # retried (bind/unbind are idempotent)
+                # Once per outage at warning level: a broker outage retries every second.
+                (log.debug if self._deferred else log.warning)("bindings_deferred", reason=str(exc))
+                self._deferred = True
                 await asyncio.sleep(RETRY_S)
                 continue
             except Exception as exc:
+                self._dirty.update(to_bind, to_unbind)
                 log.error("bindings_failed", error=repr(exc))
                 log.debug("bindings_failed_traceback", exc_info=True)
                 await asyncio.sleep(RETRY_S)
                 continue
+            if self._deferred:
+                log.info("bindings_applied", bound=len(self._bound))
+                self._deferred = False
             self._resolve_waiters()
             if self._wake.is_set():
                 continue
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            # Not asyncio.wait_for: on Python 3.11 it returns normally when the cancel from
+            # close() lands in the same tick as a wake-up, and close() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _resolve_waiters(self) -> None:
         lasting = self._lasting()
@@ -243,6 +308,6 @@ class Bindings:
                 future.set_exception(BackboneUnavailable(reason))
 
 
-def _batches(keys: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(keys), MAX_BATCH):
-        yield keys[start : start + MAX_BATCH]
+def _batches(keys: list[str], size: int = MAX_BATCH) -> Iterable[list[str]]:
+    for start in range(0, len(keys), size):
+        yield keys[start : start + size]

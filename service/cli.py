@@ -111,7 +111,14 @@ def _publish(config: Config, ns: argparse.Namespace) -> int:
         print("realtime-gateway publish: DATA_JSON is not valid JSON", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        ident = _publish_http(config, ns.url, ns.routing_key, data, ns.event, ns.id)
+        if config.amqp_url:
+            from service.backbone.amqp import publish_once
+
+            ident = asyncio.run(
+                publish_once(config, ns.routing_key, data, event=ns.event, message_id=ns.id)
+            )
+        else:
+            ident = _publish_http(config, ns.url, ns.routing_key, data, ns.event, ns.id)
     except (ProtocolError, BackboneUnavailable, OSError) as exc:
         print(f"realtime-gateway publish: {exc}", file=sys.stderr)
         return 1

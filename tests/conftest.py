@@ -20,6 +20,8 @@ from service.config import Config
 from service.node import Node
 from service.transports.context import GATEWAY
 
+pytest_plugins = ["tests.broker"]  # RabbitMQ fixtures: amqp_broker, amqp_names, service, ...
+
 SECRET = "test-secret-" + "s" * 32
 API_KEY = "test-api-key"
 RECEIVE_TIMEOUT_S = 5.0

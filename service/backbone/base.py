@@ -11,7 +11,8 @@ Guarantees every implementation gives (tests/contract/test_backbone.py checks th
   After `unbind(keys)` returns, events for those keys alone stop arriving.
 - `ready` is True while the backbone can deliver and publish; `reason` says why not.
   While not ready, `publish*` raise BackboneUnavailable at once and never buffer;
-  bindings asked for meanwhile are applied when it comes back.
+  `bind` may raise BackboneUnavailable too (the caller retries: service/bindings.py does),
+  `unbind` never fails for that reason, and every binding in place is back after a reconnect.
 - `publish_upstream` returns only once the event is safely taken (broker confirm).
 - Notification events (`notification.*` keys) carry an `offset`, growing with every
   notification the backbone carries, the same on every instance; None where unsupported.

@@ -1,0 +1,630 @@
+"""The RabbitMQ backbone (contract section 4); the only module that imports aio_pika.
+
+Topology, declared on every (re)connect:
+
+- `realtime.events` (GATEWAY_EXCHANGE) and `realtime.upstream` (GATEWAY_UPSTREAM_EXCHANGE):
+  topic exchanges, durable.
+- `realtime.dlx`: fanout exchange, durable, with the durable queue `realtime.dead` bound to it.
+- `realtime.gateway.<instance id>`: this instance's queue; exclusive, auto-delete, with
+  `x-dead-letter-exchange: realtime.dlx`, bound to `realtime.events` with exactly the keys
+  `bind()` asked for.
+
+Connection life:
+
+- The first connection fails fast: `start()` raises ConfigError naming GATEWAY_AMQP_URL (the
+  CLI exits 2 with that one line), so a wrong URL, password or vhost is seen at once.
+- After that, losing the connection (or any of its channels, or the broker cancelling the
+  consumer) turns `ready` off at once; a supervisor task reconnects with capped, jittered
+  exponential backoff, re-declares the topology and the instance queue, re-applies every
+  binding, starts consuming and turns `ready` on again.
+- While not ready, `publish*` and `bind` raise BackboneUnavailable at once and buffer
+  nothing; `unbind` only forgets the key (the queue it would leave is gone with the
+  connection, and the next one is declared without it).
+
+Channels: one for declarations and publishes (publisher confirms on), one for consuming (the
+prefetch), one for bind/unbind calls, so a long run of bindings never holds up an ack.
+
+Consumer: each message is decoded once (codec), turned into an `Event`, handed to `on_event`
+synchronously (the hub queues it for every target socket) and then acked. A message it cannot
+use (routing key outside the contract, a content type other than JSON, a body that is not a
+JSON object with a string `event`) is rejected without requeue, so the broker dead-letters it
+to `realtime.dlx`; it is logged with its message id and counted, and the next one is handled.
+
+Headers the gateway sets on what it publishes downstream, and reads back:
+`x-origin-connection` (the connection that caused a `notification_read` echo, which must not
+get it back) and `x-timestamp-ms` (the AMQP `timestamp` property has whole seconds only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.abc
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    DeliveryMode,
+    ExchangeType,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from yarl import URL
+
+from service import codec, routing
+from service.backbone.base import OnEvent
+from service.config import Config
+from service.errors import BackboneUnavailable, ConfigError, ErrorCode, ProtocolError
+from service.metrics import Metrics
+from service.model import Event
+from service.routing import KeyKind
+
+log = structlog.get_logger(__name__)
+
+JSON = "application/json"
+ORIGIN_HEADER = "x-origin-connection"
+TS_HEADER = "x-timestamp-ms"
+DEAD_LETTER_EXCHANGE = "realtime.dlx"
+DEAD_LETTER_QUEUE = "realtime.dead"
+QUEUE_PREFIX = "realtime.gateway."
+#: Errors that mean "the broker link is gone or refused us", as aio-pika classifies them.
+LINK_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, TimeoutError)
+
+
+def default_event(kind: KeyKind) -> str:
+    """The event of a message that omitted it (the same rule as `node.default_event`)."""
+    return "dashboard_update" if kind is KeyKind.TOPIC else "notification_new"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked, for logs and error lines."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else str(parsed)
+
+
+def describe(exc: BaseException | None) -> str:
+    """A short, password-free reason for a link failure."""
+    if exc is None:
+        return "connection closed"
+    if isinstance(
+        exc, aiormq.exceptions.ProbableAuthenticationError | aio_pika.exceptions.AuthenticationError
+    ):
+        return "authentication refused (check the user, password and vhost)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    for arg in exc.args:  # a Connection.Close / Channel.Close frame from the broker
+        reply = getattr(arg, "reply_text", None)
+        if isinstance(reply, str) and reply:
+            return f"refused by the broker: {reply}"
+    text = str(exc).strip()
+    if "Connection.OpenOk" in text and "Connection.Close" in text:
+        # aiormq drops the broker's reply text here; a refused vhost is what this means
+        return "the broker refused to open the vhost (does it exist, may the user use it?)"
+    if isinstance(exc, aiormq.exceptions.AMQPConnectionError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Unusable(Exception):
+    """A delivery the gateway cannot use; `reason` is a metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class _Link:
+    """One live connection and what was declared on it."""
+
+    generation: int
+    connection: AbstractConnection
+    control: AbstractChannel  # declarations and confirmed publishes
+    consumer: AbstractChannel  # the instance queue's consumer, with the prefetch
+    consumer_rpc: aiormq.abc.AbstractChannel  # the same channel, for broker-side cancels
+    binder: AbstractChannel  # bind / unbind calls
+    binder_rpc: aiormq.abc.AbstractChannel  # the same channel, for nowait binds
+    events: AbstractExchange
+    upstream: AbstractExchange
+    queue: AbstractQueue
+    consumer_tag: str | None = None
+
+
+class AmqpBackbone:
+    """RabbitMQ backbone; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        instance_id: str,
+        exchange: str = "realtime.events",
+        upstream_exchange: str = "realtime.upstream",
+        dead_letter_exchange: str = DEAD_LETTER_EXCHANGE,
+        dead_letter_queue: str = DEAD_LETTER_QUEUE,
+        queue_prefix: str = QUEUE_PREFIX,
+        prefetch: int = 1000,
+        metrics: Metrics | None = None,
+        confirm_timeout_s: float = 5.0,
+        connect_timeout_s: float = 10.0,
+        heartbeat_s: int = 15,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 15.0,
+    ) -> None:
+        parsed = URL(url)
+        if "heartbeat" not in parsed.query:
+            # aiormq's default (60 s, three missed) takes minutes to notice a dead peer.
+            parsed = parsed.update_query(heartbeat=heartbeat_s)
+        if "name" not in parsed.query:
+            parsed = parsed.update_query(name=instance_id)  # the connection name in the broker
+        self._url = parsed
+        self.url = redact_url(url)  # for logs and error lines
+        self.instance_id = instance_id
+        self.exchange = exchange
+        self.upstream_exchange = upstream_exchange
+        self.dead_letter_exchange = dead_letter_exchange
+        self.dead_letter_queue = dead_letter_queue
+        self.queue_name = queue_prefix + instance_id
+        self._prefetch = prefetch
+        self.metrics = metrics or Metrics()
+        self._confirm_timeout_s = confirm_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._on_event: OnEvent | None = None
+        self._keys: set[str] = set()  # what the instance queue is bound to (and re-bound to)
+        self._link: _Link | None = None  # the live link; None while (re)connecting
+        self._generations = itertools.count(1)
+        self._ready = False
+        self._ready_event = asyncio.Event()
+        self._reason = "backbone not started"
+        self._closing = False
+        self._lost = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, metrics: Metrics) -> AmqpBackbone:
+        """The backbone GATEWAY_AMQP_URL and friends describe."""
+        return cls(
+            config.amqp_url,
+            instance_id=config.instance_id,
+            exchange=config.exchange,
+            upstream_exchange=config.upstream_exchange,
+            prefetch=config.amqp_prefetch,
+            metrics=metrics,
+        )
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def reason(self) -> str:
+        return "" if self._ready else self._reason
+
+    @property
+    def bindings(self) -> frozenset[str]:
+        """The keys the instance queue is bound to (re-applied after every reconnect)."""
+        return frozenset(self._keys)
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Return once ready; TimeoutError after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while not self._ready:
+                await self._ready_event.wait()
+
+    def _set_ready(self, ready: bool, reason: str = "") -> None:
+        self._ready = ready
+        if ready:
+            self._ready_event.set()
+        else:
+            self._reason = reason
+            self._ready_event.clear()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, on_event: OnEvent) -> None:
+        """Connect, declare, consume; ConfigError(GATEWAY_AMQP_URL) when the first try fails."""
+        self._on_event = on_event
+        self._closing = False
+        try:
+            await self._establish()
+        except LINK_ERRORS as exc:
+            self._set_ready(False, f"cannot connect to the broker: {describe(exc)}")
+            raise ConfigError(
+                "GATEWAY_AMQP_URL", f"cannot connect to RabbitMQ at {self.url}: {describe(exc)}"
+            ) from None
+        log.info("backbone_connected", url=self.url, queue=self.queue_name, exchange=self.exchange)
+        self._supervisor = asyncio.get_running_loop().create_task(
+            self._supervise(), name="amqp-supervisor"
+        )
+
+    async def close(self) -> None:
+        """Stop consuming, delete the instance queue and close the connection."""
+        self._closing = True
+        self._set_ready(False, "backbone closed")
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        link, self._link = self._link, None
+        self._on_event = None
+        self._keys.clear()
+        if link is None:
+            return
+        with contextlib.suppress(*LINK_ERRORS):
+            async with asyncio.timeout(self._connect_timeout_s):
+                if link.consumer_tag is not None:
+                    await link.queue.cancel(link.consumer_tag)
+                # Exclusive queues go with their connection anyway; deleting it first makes
+                # "gone after a clean shutdown" hold the moment close() returns.
+                await link.queue.delete(if_unused=False, if_empty=False)
+        await self._discard(link)
+        log.info("backbone_closed", queue=self.queue_name)
+
+    # -- bindings -------------------------------------------------------------------------
+
+    async def bind(self, keys: Collection[str]) -> None:
+        """Bind the instance queue; BackboneUnavailable while the broker is unreachable."""
+        todo = sorted(set(keys) - self._keys)
+        if not todo:
+            return
+        link = self._require()
+        try:
+            await self._bind_on(link, todo)
+        except LINK_ERRORS as exc:
+            raise BackboneUnavailable(f"binding failed: {describe(exc)}") from None
+        if not self._ready or self._link is not link:
+            # The link went down meanwhile; the caller retries and the keys are bound then.
+            raise BackboneUnavailable(self._reason or "broker connection lost")
+        self._keys.update(todo)
+
+    async def unbind(self, keys: Collection[str]) -> None:
+        """Unbind; while disconnected only forget the keys (the next queue will not have them)."""
+        todo = sorted(self._keys.intersection(keys))
+        if not todo:
+            return
+        self._keys.difference_update(todo)
+        link = self._link
+        if link is None or not self._ready:
+            return
+        with contextlib.suppress(*LINK_ERRORS):  # a lost link loses the bindings with it
+            await self._unbind_on(link, todo)
+
+    async def _bind_on(self, link: _Link, keys: list[str]) -> None:
+        # Pipelined: every bind but the last is sent with nowait; the broker handles a
+        # channel's methods in order, so the last one's BindOk means all are in place (an
+        # error in any closes the channel and fails the last). This saves a round trip per
+        # key; the broker's own rate (about 1,500 bindings/s here) is the limit then.
+        queue = link.queue.name
+        for key in keys[:-1]:
+            await link.binder_rpc.queue_bind(queue, self.exchange, key, nowait=True)
+        await link.binder_rpc.queue_bind(queue, self.exchange, keys[-1])
+
+    async def _unbind_on(self, link: _Link, keys: list[str]) -> None:
+        # queue.unbind has no nowait in AMQP 0-9-1: one round trip each.
+        for key in keys:
+            await link.binder_rpc.queue_unbind(link.queue.name, self.exchange, key)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, event: Event) -> None:
+        """Publish downstream to the events exchange, as a service would; waits for the confirm."""
+        link = self._require()
+        headers: dict[str, Any] = {TS_HEADER: event.ts}
+        if event.origin is not None:
+            headers[ORIGIN_HEADER] = event.origin
+        message = aio_pika.Message(
+            codec.encode_backbone_body(event.event, event.data),
+            content_type=JSON,
+            message_id=event.id,
+            timestamp=datetime.fromtimestamp(event.ts / 1000, UTC),
+            headers=headers,
+            delivery_mode=DeliveryMode.NOT_PERSISTENT,  # instance queues are not durable
+        )
+        await self._publish_confirmed(link.events, message, event.routing_key)
+
+    async def publish_upstream(self, routing_key: str, body: bytes) -> None:
+        """Publish a client event upstream (persistent) and wait for the broker's confirm."""
+        link = self._require()
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            message_id=uuid.uuid4().hex,
+            timestamp=datetime.now(UTC),
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        await self._publish_confirmed(link.upstream, message, routing_key)
+
+    async def _publish_confirmed(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str
+    ) -> None:
+        try:
+            await exchange.publish(message, routing_key, timeout=self._confirm_timeout_s)
+        except TimeoutError:
+            raise BackboneUnavailable(
+                f"no broker confirm within {self._confirm_timeout_s:g} s"
+            ) from None
+        except aiormq.exceptions.DeliveryError:
+            raise BackboneUnavailable("the broker refused the message (nack)") from None
+        except LINK_ERRORS as exc:
+            raise BackboneUnavailable(f"broker connection lost: {describe(exc)}") from None
+
+    def _require(self) -> _Link:
+        link = self._link
+        if not self._ready or link is None:
+            raise BackboneUnavailable(self._reason or "broker unavailable")
+        return link
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Everything up to on_event() runs before the first await, so events leave in the
+        # order the broker delivered them (aio-pika starts one task per delivery, in order).
+        try:
+            event = self._decode(message)
+        except _Unusable as exc:
+            await self._dead_letter(message, exc.reason, exc.detail)
+            return
+        on_event = self._on_event
+        if on_event is None:  # closing
+            return
+        try:
+            on_event(event)
+        except Exception as exc:
+            log.exception("event_failed", message_id=event.id, routing_key=event.routing_key)
+            await self._dead_letter(message, "internal", repr(exc))
+            return
+        with contextlib.suppress(*LINK_ERRORS):  # lost with the link: at most once
+            await message.ack()
+
+    def _decode(self, message: AbstractIncomingMessage) -> Event:
+        key = message.routing_key or ""
+        route = routing.parse(key)
+        if route is None:
+            raise _Unusable("routing_key", f"routing key {key!r} is outside the contract")
+        content_type = (message.content_type or "").partition(";")[0].strip().lower()
+        if content_type and content_type != JSON:
+            raise _Unusable("content_type", f"content type {content_type!r} is not {JSON}")
+        try:
+            name, data = codec.decode_backbone_body(message.body, default_event(route.kind))
+        except ProtocolError as exc:
+            raise _Unusable("body", exc.message) from None
+        headers = message.headers or {}
+        return Event(
+            key,
+            name,
+            data,
+            message.message_id or uuid.uuid4().hex,
+            _timestamp_ms(headers.get(TS_HEADER), message.timestamp),
+            origin=_text(headers.get(ORIGIN_HEADER)),
+        )
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, reason: str, detail: str
+    ) -> None:
+        self.metrics.dead_lettered.labels(reason).inc()
+        log.warning(
+            "message_dead_lettered",
+            message_id=message.message_id,
+            routing_key=message.routing_key,
+            reason=reason,
+            detail=detail[:200],
+        )
+        with contextlib.suppress(*LINK_ERRORS):
+            await message.reject(requeue=False)
+
+    # -- connecting -----------------------------------------------------------------------
+
+    async def _establish(self) -> None:
+        """Open a link, declare everything, re-apply the bindings, consume; then ready."""
+        connection = await aio_pika.connect(self._url, timeout=self._connect_timeout_s)
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                link = await self._declare(next(self._generations), connection)
+            self._watch(link)
+            await self._reapply(link)
+            link.consumer_tag = await link.queue.consume(self._on_message)
+            if connection.is_closed:
+                raise aio_pika.exceptions.ConnectionClosed(320, "closed while setting up")
+        except BaseException:
+            await self._discard_connection(connection)
+            raise
+        self._link = link
+        self._set_ready(True)
+
+    async def _declare(self, generation: int, connection: AbstractConnection) -> _Link:
+        control = await connection.channel(publisher_confirms=True)
+        events = await control.declare_exchange(self.exchange, ExchangeType.TOPIC, durable=True)
+        upstream = await control.declare_exchange(
+            self.upstream_exchange, ExchangeType.TOPIC, durable=True
+        )
+        dlx = await control.declare_exchange(
+            self.dead_letter_exchange, ExchangeType.FANOUT, durable=True
+        )
+        dead = await control.declare_queue(self.dead_letter_queue, durable=True)
+        await dead.bind(dlx, routing_key="")
+        consumer = await connection.channel(publisher_confirms=False)
+        await consumer.set_qos(prefetch_count=self._prefetch)
+        queue = await consumer.declare_queue(
+            self.queue_name,
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-dead-letter-exchange": self.dead_letter_exchange},
+        )
+        binder = await connection.channel(publisher_confirms=False)
+        return _Link(
+            generation=generation,
+            connection=connection,
+            control=control,
+            consumer=consumer,
+            consumer_rpc=await consumer.get_underlay_channel(),
+            binder=binder,
+            binder_rpc=await binder.get_underlay_channel(),
+            events=events,
+            upstream=upstream,
+            queue=queue,
+        )
+
+    def _watch(self, link: _Link) -> None:
+        """Any close of the link (connection, channel) or a broker-side consumer cancel = lost."""
+
+        def lost(_sender: object, exc: BaseException | None = None) -> None:
+            self._on_lost(link.generation, exc)
+
+        def cancelled(_frame: object) -> None:
+            self._on_lost(link.generation, RuntimeError("the broker cancelled the consumer"))
+
+        link.connection.close_callbacks.add(lost)
+        for channel in (link.control, link.consumer, link.binder):
+            channel.close_callbacks.add(lost)
+        link.consumer_rpc.on_consumer_cancel_callbacks.add(cancelled)
+
+    async def _reapply(self, link: _Link) -> None:
+        """Bind the new queue to every remembered key (the set may shrink meanwhile)."""
+        applied: set[str] = set()
+        while True:
+            missing = sorted(self._keys - applied)
+            if missing:
+                await self._bind_on(link, missing)
+                applied.update(missing)
+                continue
+            stale = sorted(applied - self._keys)
+            if not stale:
+                return
+            await self._unbind_on(link, stale)
+            applied.difference_update(stale)
+
+    def _on_lost(self, generation: int, exc: BaseException | None) -> None:
+        # Only the live link counts: callbacks of a link being set up or already dropped
+        # (they fire late, from close()) are ignored.
+        link = self._link
+        if link is None or link.generation != generation or self._closing:
+            return
+        if self._lost.is_set():
+            return
+        reason = f"broker connection lost: {describe(exc)}"
+        self._set_ready(False, reason)
+        log.warning("backbone_lost", reason=reason, bindings=len(self._keys))
+        self._lost.set()
+
+    async def _supervise(self) -> None:
+        while True:
+            await self._lost.wait()
+            link, self._link = self._link, None
+            self._lost.clear()
+            if link is not None:
+                await self._discard(link)
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while True:
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+            try:
+                await self._establish()
+            except Exception as exc:  # any failure: keep trying, the process must not die
+                self._reason = f"reconnecting to the broker (attempt {attempt}): {describe(exc)}"
+                log.warning("backbone_reconnect_failed", attempt=attempt, error=describe(exc))
+                continue
+            self.metrics.backbone_reconnects.inc()
+            log.info("backbone_reconnected", attempts=attempt, bindings=len(self._keys))
+            return
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, capped, with jitter: a uniform pick in [ceiling/2, ceiling]."""
+        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2.0**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    async def _discard(self, link: _Link) -> None:
+        await self._discard_connection(link.connection)
+
+    @staticmethod
+    async def _discard_connection(connection: AbstractConnection) -> None:
+        with contextlib.suppress(*LINK_ERRORS):
+            async with asyncio.timeout(5):
+                await connection.close()
+
+
+def _timestamp_ms(header: object, stamp: datetime | None) -> int:
+    if isinstance(header, int) and not isinstance(header, bool) and header > 0:
+        return header
+    if stamp is not None:
+        return int(stamp.timestamp() * 1000)
+    return int(time.time() * 1000)
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+async def publish_once(
+    config: Config,
+    routing_key: str,
+    data: Any,
+    *,
+    event: str | None = None,
+    message_id: str | None = None,
+    timeout_s: float = 10.0,
+) -> str:
+    """Publish one downstream event to GATEWAY_EXCHANGE (for `realtime-gateway publish`).
+
+    Validates like `/api/publish` (ProtocolError), declares the exchange as the gateway does,
+    waits for the broker's confirm (BackboneUnavailable otherwise) and returns the message id.
+    """
+    route = routing.parse(routing_key)
+    if route is None:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "routing_key must be dashboard.<topic>, notification.user.<user_id> or "
+            "notification.broadcast (ids without '*', '#', spaces or empty words)",
+        )
+    name = event or default_event(route.kind)
+    if len(name) > codec.MAX_EVENT_NAME:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'event' is too long")
+    ident = message_id or uuid.uuid4().hex
+    now = int(time.time() * 1000)
+    url = URL(config.amqp_url)
+    try:
+        async with asyncio.timeout(timeout_s):
+            connection = await aio_pika.connect(url.update_query(name="realtime-gateway-cli"))
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True)
+                exchange = await channel.declare_exchange(
+                    config.exchange, ExchangeType.TOPIC, durable=True
+                )
+                await exchange.publish(
+                    aio_pika.Message(
+                        codec.encode_backbone_body(name, data),
+                        content_type=JSON,
+                        message_id=ident,
+                        timestamp=datetime.fromtimestamp(now / 1000, UTC),
+                        headers={TS_HEADER: now},
+                    ),
+                    routing_key,
+                )
+    except LINK_ERRORS as exc:
+        raise BackboneUnavailable(
+            f"cannot publish to RabbitMQ at {redact_url(config.amqp_url)}: {describe(exc)}"
+        ) from None
+    return ident
