@@ -26,6 +26,7 @@ FIGURES = {
         ("p50_ms", "p50 ms", 1),
         ("p99_ms", "p99 ms", 1),
         ("server_cpu_pct", "server CPU %", 0),
+        ("server_us_per_unit", "server µs/unit", 2),
         ("loadgen_cpu_pct", "loadgen CPU %", 0),
     ],
     "S3": [
@@ -33,6 +34,7 @@ FIGURES = {
         ("p50_ms", "p50 ms", 1),
         ("p99_ms", "p99 ms", 1),
         ("server_cpu_pct", "server CPU %", 0),
+        ("server_us_per_unit", "server µs/unit", 2),
         ("loadgen_cpu_pct", "loadgen CPU %", 0),
     ],
     "S4": [
@@ -40,12 +42,14 @@ FIGURES = {
         ("p50_ms", "p50 ms", 1),
         ("p99_ms", "p99 ms", 1),
         ("server_cpu_pct", "server CPU %", 0),
+        ("server_us_per_unit", "server µs/unit", 2),
         ("loadgen_cpu_pct", "loadgen CPU %", 0),
     ],
     "S5": [
         ("consume_per_s", "messages/s", 0),
         ("publish_per_s", "publisher msg/s", 0),
         ("server_cpu_pct", "server CPU %", 0),
+        ("server_us_per_unit", "server µs/unit", 2),
     ],
     "S6": [("rate", "accepted/s", 0), ("connect_s", "seconds", 2), ("failed", "failed", 0)],
 }
@@ -138,13 +142,13 @@ def _fmt(stat: tuple[float, float, float] | None, digits: int) -> str:
     med, lo, hi = stat
     if lo == hi:
         return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+    return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
 
 
 def markdown(
     report: dict[str, Any], chosen: list[scenarios.Scenario], specs: list[servers.ServerSpec]
 ) -> str:
-    """Tables: per scenario, median (min–max) per server, and the gateway's ratios."""
+    """Tables: per scenario, median (min-max) per server, and the gateway's ratios."""
     out = [
         f"Run {report['started']}: {'quick' if report['quick'] else 'full'}, "
         f"{report['repeats']} repeat(s), {report.get('seconds', '?')} s; load average "
@@ -156,7 +160,7 @@ def markdown(
     ]
     for scenario in chosen:
         cols = FIGURES[scenario.key]
-        out.append(f"**{scenario.key}: {scenario.title}** — median (min–max)")
+        out.append(f"**{scenario.key}: {scenario.title}** — median (min-max)")
         out.append("")
         out.append("| server | " + " | ".join(label for _, label, _ in cols) + " | errors |")
         out.append("|---" * (len(cols) + 2) + "|")
@@ -183,7 +187,7 @@ def markdown(
                 continue
             peer = medians[spec.name]
             ratio = gw / peer if scenario.higher_is_better else peer / gw
-            ratios.append(f"{ratio:.2f}× {spec.label}")
+            ratios.append(f"{ratio:.2f}x {spec.label}")
         if ratios:
             better = "higher" if scenario.higher_is_better else "lower"
             out.append("")

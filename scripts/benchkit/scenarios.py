@@ -163,7 +163,8 @@ def _drive(server: servers.Running, scenario: Scenario) -> dict[str, Any]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stdin is not None
     marks: dict[str, tuple[float, float, int]] = {}  # name -> (wall, server cpu s, rss KiB)
     steps: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
@@ -206,6 +207,10 @@ def _drive(server: servers.Running, scenario: Scenario) -> dict[str, Any]:
     if "start" in marks and "end" in marks:
         (w0, c0, _), (w1, c1, _) = marks["start"], marks["end"]
         result["server_cpu_pct"] = 100 * (c1 - c0) / (w1 - w0) if w1 > w0 else None
+        # CPU cost per unit of work: far less sensitive than rates to a busy machine.
+        work = result.get("window_deliveries") or result.get("consumed")
+        if isinstance(work, int | float) and work > 0:
+            result["server_us_per_unit"] = 1e6 * (c1 - c0) / work
     if steps:
         result["steps"] = steps
         base = steps[0]

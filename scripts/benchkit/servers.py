@@ -96,9 +96,7 @@ GATEWAY = ServerSpec(
     "/metrics",
     r"^realtime_gateway_events_total\{[^}]*\} ([0-9.e+]+)$",
 )
-PYSIO = ServerSpec(
-    "pysio", "python-socketio", "sio", "/stats", "/stats", r'"events":\s*([0-9]+)'
-)
+PYSIO = ServerSpec("pysio", "python-socketio", "sio", "/stats", "/stats", r'"events":\s*([0-9]+)')
 NODESIO = ServerSpec(
     "nodesio", "Node socket.io", "sio", "/stats", "/stats", r'"events":\s*([0-9]+)'
 )
@@ -142,10 +140,12 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{spec.name} exited at start; see {log_path}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(running.url(spec.ready_path), timeout=1) as resp:
-                if resp.status == 200:
-                    return running
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(running.url(spec.ready_path), timeout=1) as resp,
+        ):
+            if resp.status == 200:
+                return running
         time.sleep(0.1)
     running.stop()
     raise RuntimeError(f"{spec.name} not ready within {START_TIMEOUT_S} s; see {log_path}")
