@@ -110,6 +110,8 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     base = dict(os.environ)
     if spec.name == "gateway":
         cmd = [str(env.REPO / ".venv/bin/python"), "-m", "service", "serve"]
+        if os.environ.get("BENCH_PROFILE"):  # cProfile the gateway into this file
+            cmd[1:1] = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
         base.update(
             GATEWAY_HOST="127.0.0.1",
             GATEWAY_PORT=str(port),
