@@ -94,12 +94,16 @@ let windowDeliveries = 0;
 let counts = null; // per-seq receipt counts (Uint32Array)
 let onReceipt = null; // called with (seq) after counting
 
-function tokenFor(i) {
-  const user = cfg.users ? `u${i % cfg.users}` : `u${i}`;
-  return jwt.sign({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 }, cfg.secret, {
-    algorithm: 'HS256',
-  });
+// Tokens are minted before any clock starts, so the generator's own signing never counts.
+const tokens = [];
+function mintTokens(n) {
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  for (let i = tokens.length; i < n; i++) {
+    const user = cfg.users ? `u${i % cfg.users}` : `u${i}`;
+    tokens.push(jwt.sign({ sub: user, exp }, cfg.secret, { algorithm: 'HS256' }));
+  }
 }
+const tokenFor = (i) => tokens[i];
 
 function onFrame(buf) {
   const [seq, after] = intAfter(buf, S_KEY, 0);
@@ -453,6 +457,7 @@ async function phaseIngest() {
 }
 
 async function main() {
+  mintTokens(Math.max(cfg.sockets || 0, ...(cfg.steps || [0])));
   let result;
   if (cfg.phase === 'idle') result = await phaseIdle();
   else if (cfg.phase === 'storm') result = await phaseStorm();

@@ -59,7 +59,7 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
                 "concurrency": 200,
                 "key": "dashboard.sales",
                 "event": "dashboard_update",
-                "window": 2,
+                "window": 8,
                 "warmup_s": 1 if q else 2,
                 "measure_s": 3 if q else 6,
             },
