@@ -20,6 +20,8 @@ from typing import Any
 from benchkit import env, scenarios, servers
 
 FIGURES = {
+    "S0": [("deliveries_per_s", "frames/s read", 0), ("loadgen_cpu_pct", "loadgen CPU %", 0)],
+    "S0c": [("deliveries_per_s", "frames/s read", 0), ("loadgen_cpu_pct", "loadgen CPU %", 0)],
     "S1": [("kib_per_socket", "KiB/socket", 1), ("rss_mib_at_max", "RSS MiB", 0)],
     "S2": [
         ("deliveries_per_s", "deliveries/s", 0),
@@ -59,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (<2 min)")
     parser.add_argument("--servers", default="gateway,pysio,nodesio")
-    parser.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6")
+    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S5,S6")
     parser.add_argument("--repeats", type=int, default=None, help="default 1 quick, 3 full")
     parser.add_argument("--markdown", type=Path, help="also write the summary here")
     parser.add_argument("--out", type=Path, default=env.REPO / ".cache" / "bench")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     for rep in range(repeats):
         for scenario in chosen:
-            for spec in specs:
+            # S0 measures the load generator itself, against the bare blaster only.
+            for spec in [servers.BLASTER] if scenario.key.startswith("S0") else specs:
                 began = time.monotonic()
                 try:
                     figures = scenarios.run(spec, scenario, args.out / "logs" / stamp)
@@ -165,7 +168,7 @@ def markdown(
         out.append("| server | " + " | ".join(label for _, label, _ in cols) + " | errors |")
         out.append("|---" * (len(cols) + 2) + "|")
         medians: dict[str, float] = {}
-        for spec in specs:
+        for spec in [servers.BLASTER] if scenario.key.startswith("S0") else specs:
             runs = [
                 r
                 for r in report["runs"]

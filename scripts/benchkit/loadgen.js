@@ -456,6 +456,23 @@ async function phaseIngest() {
   };
 }
 
+// Headroom (S0): read whatever the blaster sends for measure_s and count frames.
+async function phaseSink() {
+  await connectAll(cfg.sockets, cfg.concurrency);
+  await sleep(cfg.settle_ms || 2000);
+  measuring = true;
+  windowDeliveries = 0;
+  cpuStart();
+  const t0 = performance.now();
+  emit({ type: 'mark', name: 'start' });
+  await sleep(cfg.measure_s * 1000);
+  const secs = (performance.now() - t0) / 1000;
+  const cpu = cpuPercent();
+  emit({ type: 'mark', name: 'end' });
+  measuring = false;
+  return { open, failed, deliveries_per_s: windowDeliveries / secs, loadgen_cpu_pct: cpu };
+}
+
 async function main() {
   mintTokens(Math.max(cfg.sockets || 0, ...(cfg.steps || [0])));
   let result;
@@ -474,6 +491,7 @@ async function main() {
     result = await phaseClosedLoop((s) => `notification.user.u${users[s]}`, per);
   } else if (cfg.phase === 'rate') result = await phaseRate();
   else if (cfg.phase === 'ingest') result = await phaseIngest();
+  else if (cfg.phase === 'sink') result = await phaseSink();
   else throw new Error(`unknown phase ${cfg.phase}`);
   emit({ type: 'result', ...result });
   closeAll();

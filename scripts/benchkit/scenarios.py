@@ -34,6 +34,23 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
     q = quick
     s1_steps = [200, 2000] if q else [500, 10_000, max_sockets]
     return [
+        *(
+            Scenario(
+                key,
+                f"load generator headroom: {500 if q else 5000:,} sockets read from a bare "
+                f"Node ws server writing {per_write} frame(s) per write (no broker)",
+                {
+                    "phase": "sink",
+                    "sockets": 500 if q else 5000,
+                    "namespace": "dashboard",
+                    "concurrency": 200,
+                    "measure_s": 2 if q else 4,
+                },
+                "deliveries_per_s",
+                server_env=(("BLAST_FRAMES_PER_WRITE", str(per_write)),),
+            )
+            for key, per_write in (("S0", 1), ("S0c", 16))
+        ),
         Scenario(
             "S1",
             f"idle memory per socket ({', '.join(f'{n:,}' for n in s1_steps[1:])} sockets)",
@@ -43,7 +60,7 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
                 "steps": s1_steps,
                 "sockets": s1_steps[-1],
                 "concurrency": 200,
-                "settle_ms": 1500,
+                "settle_ms": 1000 if q else 1500,
                 "hold_s": 30,
             },
             "kib_per_socket",

@@ -100,7 +100,8 @@ PYSIO = ServerSpec("pysio", "python-socketio", "sio", "/stats", "/stats", r'"eve
 NODESIO = ServerSpec(
     "nodesio", "Node socket.io", "sio", "/stats", "/stats", r'"events":\s*([0-9]+)'
 )
-SPECS = {s.name: s for s in (GATEWAY, PYSIO, NODESIO)}
+BLASTER = ServerSpec("blaster", "bare Node ws blaster (S0)", "native", "/", "/", "")
+SPECS = {s.name: s for s in (GATEWAY, PYSIO, NODESIO, BLASTER)}
 
 
 def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None) -> Running:
@@ -127,6 +128,10 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     elif spec.name == "pysio":
         cmd = [str(env.py_peer_python()), str(env.HERE / "peer_pysio.py")]
         cmd += [str(port), AMQP_URL, EXCHANGE, SECRET]
+    elif spec.name == "blaster":
+        per_write = extra.get("BLAST_FRAMES_PER_WRITE", "1")
+        cmd = ["node", str(env.HERE / "blaster.js"), str(port), per_write, "60"]
+        base["NODE_PATH"] = str(env.node_dir() / "node_modules")
     else:
         cmd = ["node", str(env.HERE / "peer_nodesio.js"), str(port), AMQP_URL, EXCHANGE, SECRET]
         base["NODE_PATH"] = str(env.node_dir() / "node_modules")
