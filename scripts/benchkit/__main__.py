@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -91,13 +92,38 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    try:
+        _run_all(report, chosen, specs, repeats, args.out / "logs" / stamp, t0)
+    except KeyboardInterrupt:
+        print("bench: interrupted; reporting what was measured", file=sys.stderr)
+    report["seconds"] = round(time.monotonic() - t0)
+    report["load_after"] = env.load_average()
+    path = args.out / f"{stamp}.json"
+    path.write_text(json.dumps(report, indent=1))
+    text = markdown(report, chosen, specs)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    print(f"bench: {report['seconds']} s; raw results in {path}", file=sys.stderr)
+    return 0
+
+
+def _run_all(
+    report: dict[str, Any],
+    chosen: list[scenarios.Scenario],
+    specs: list[servers.ServerSpec],
+    repeats: int,
+    logs: Path,
+    t0: float,
+) -> None:
     for rep in range(repeats):
         for scenario in chosen:
             # S0 measures the load generator itself, against the bare blaster only.
             for spec in [servers.BLASTER] if scenario.key.startswith("S0") else specs:
                 began = time.monotonic()
                 try:
-                    figures = scenarios.run(spec, scenario, args.out / "logs" / stamp)
+                    figures = scenarios.run(spec, scenario, logs)
                 except Exception as exc:  # a server that fails is a finding, not a crash
                     figures = {"error": str(exc)}
                 figures["seconds"] = round(time.monotonic() - began, 1)
@@ -110,16 +136,6 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    report["seconds"] = round(time.monotonic() - t0)
-    report["load_after"] = env.load_average()
-    path = args.out / f"{stamp}.json"
-    path.write_text(json.dumps(report, indent=1))
-    text = markdown(report, chosen, specs)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    print(f"bench: {report['seconds']} s; raw results in {path}", file=sys.stderr)
-    return 0
 
 
 def _brief(scenario: scenarios.Scenario, figures: dict[str, Any]) -> str:

@@ -2,13 +2,13 @@
 // coalesced text frames to every connected socket as fast as each socket drains, with no
 // broker and no protocol. Whatever rate the load generator reads from it is the most any
 // server can be credited with in this harness.
-// Usage: node blaster.js PORT FRAMES_PER_WRITE SECONDS
+// Usage: node blaster.js PORT FRAMES_PER_WRITE SECONDS SOCKETS
 'use strict';
 
 const http = require('http');
 const WebSocket = require('ws');
 
-const [PORT, PER_WRITE, SECONDS] = process.argv.slice(2).map(Number);
+const [PORT, PER_WRITE, SECONDS, SOCKETS] = process.argv.slice(2).map(Number);
 const payload = Buffer.from(
   JSON.stringify({
     event: 'dashboard_update',
@@ -33,7 +33,12 @@ const sockets = new Set();
 wss.on('connection', (ws) => {
   sockets.add(ws);
   ws.on('close', () => sockets.delete(ws));
+  if (sockets.size >= SOCKETS && !blasting) start();
 });
+function start() {
+  blasting = true;
+  pump();
+}
 let blasting = false;
 function pump() {
   if (!blasting) return;
@@ -43,12 +48,9 @@ function pump() {
   }
   setImmediate(pump);
 }
-// Start writing once the first socket is in; stop after SECONDS (bounded in time).
+// Start writing once every socket is in (or 20 s after the first); stop after SECONDS.
 wss.once('connection', () => {
-  setTimeout(() => {
-    blasting = true;
-    pump();
-  }, 1500);
+  setTimeout(() => blasting || start(), 20000);
 });
 setTimeout(() => process.exit(0), SECONDS * 1000).unref();
 server.listen(PORT, '127.0.0.1');

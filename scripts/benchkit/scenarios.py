@@ -47,7 +47,10 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
                     "measure_s": 2 if q else 4,
                 },
                 "deliveries_per_s",
-                server_env=(("BLAST_FRAMES_PER_WRITE", str(per_write)),),
+                server_env=(
+                    ("BLAST_FRAMES_PER_WRITE", str(per_write)),
+                    ("BLAST_SOCKETS", str(500 if q else 5000)),
+                ),
             )
             for key, per_write in (("S0", 1), ("S0c", 16))
         ),

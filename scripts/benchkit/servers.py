@@ -111,6 +111,8 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     base = dict(os.environ)
     if spec.name == "gateway":
         cmd = [str(env.REPO / ".venv/bin/python"), "-m", "service", "serve"]
+        if os.environ.get("BENCH_GATEWAY_TREE"):  # another checkout, e.g. for before/after
+            base["PYTHONPATH"] = os.environ["BENCH_GATEWAY_TREE"]
         if os.environ.get("BENCH_PROFILE"):  # cProfile the gateway into this file
             cmd[1:1] = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
         base.update(
@@ -130,7 +132,8 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
         cmd += [str(port), AMQP_URL, EXCHANGE, SECRET]
     elif spec.name == "blaster":
         per_write = extra.get("BLAST_FRAMES_PER_WRITE", "1")
-        cmd = ["node", str(env.HERE / "blaster.js"), str(port), per_write, "60"]
+        sockets = extra.get("BLAST_SOCKETS", "1")
+        cmd = ["node", str(env.HERE / "blaster.js"), str(port), per_write, "60", sockets]
         base["NODE_PATH"] = str(env.node_dir() / "node_modules")
     else:
         cmd = ["node", str(env.HERE / "peer_nodesio.js"), str(port), AMQP_URL, EXCHANGE, SECRET]
