@@ -119,6 +119,8 @@ def _run_all(
 ) -> None:
     for rep in range(repeats):
         for scenario in chosen:
+            if rep >= scenario.max_repeats:
+                continue
             # S0 measures the load generator itself, against the bare blaster only.
             for spec in [servers.BLASTER] if scenario.key.startswith("S0") else specs:
                 began = time.monotonic()
