@@ -141,9 +141,11 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     base.update(extra)
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{spec.name}-{port}.log"
+    # `python -m` puts the working directory first on sys.path: run another checkout from it.
+    cwd = os.environ.get("BENCH_GATEWAY_TREE") if spec.name == "gateway" else None
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            pinned(SERVER_CPU, cmd), env=base, stdout=out, stderr=subprocess.STDOUT
+            pinned(SERVER_CPU, cmd), env=base, stdout=out, stderr=subprocess.STDOUT, cwd=cwd
         )
     running = Running(spec, proc, port, log_path, extra)
     deadline = time.monotonic() + START_TIMEOUT_S
