@@ -53,7 +53,10 @@ class Outbox:
         self._scheduled = False
         count = 0
         for session in dirty:
-            count += session._flush()
+            try:
+                count += session._flush()
+            except Exception:  # one broken socket must not stall the others' frames
+                session.close(CloseCode.INTERNAL, "write failed")
         self.flushed_frames += count
 
 

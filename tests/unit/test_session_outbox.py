@@ -125,3 +125,24 @@ async def test_overflow_in_writer_task_mode() -> None:
     assert session.push(b"x" * 10)
     assert not session.push(b"y")
     assert session.close_code == CloseCode.SLOW_CONSUMER
+
+
+async def test_a_sink_that_fails_closes_its_session_and_spares_the_others() -> None:
+    outbox = Outbox()
+
+    def broken(frames: list[bytes]) -> int:
+        raise OSError("gone")
+
+    bad, good = make(outbox=outbox), make(outbox=outbox)
+    sink = FakeSink()
+    bad.attach_sink(broken)
+    good.attach_sink(sink)
+    bad.push(b"a")
+    good.push(b"b")
+    await asyncio.wait_for(sink.wrote.wait(), 1)
+    assert bad.close_code == CloseCode.INTERNAL
+    assert sink.writes == [[b"b"]]
+    assert good.push(b"c")  # the outbox still works afterwards
+    sink.wrote.clear()
+    await asyncio.wait_for(sink.wrote.wait(), 1)
+    assert sink.writes[-1] == [b"c"]
