@@ -82,9 +82,12 @@ def versions() -> dict[str, str]:
     """Versions of everything measured, for the report."""
     gateway_py = str(REPO / ".venv" / "bin" / "python")
     probe = (
-        "import importlib.metadata as m;"
-        "print(' '.join(f'{p}={m.version(p)}' for p in "
-        "('aiohttp','aio-pika','aiormq','orjson','uvloop','python-socketio')))"
+        "import importlib.metadata as m\n"
+        "def v(p):\n"
+        "    try: return f'{p}={m.version(p)}'\n"
+        "    except m.PackageNotFoundError: return ''\n"
+        "print(' '.join(filter(None, map(v, ('aiohttp', 'aio-pika', 'aiormq', 'orjson',"
+        " 'uvloop', 'python-socketio', 'python-engineio', 'PyJWT')))))"
     )
     found: dict[str, str] = {}
     for name in NODE_PACKAGES:
