@@ -145,6 +145,10 @@ class Session:
             self._outbox = outbox
         if self._outbox is None:
             raise ValueError("a sink session needs an Outbox")
+        if self.close_code is not None:  # closed before the transport was ready (a drain)
+            if on_close is not None:
+                on_close()
+            return
         self._sink = sink
         self._on_close = on_close
         if self._frames and not self._dirty and self.close_code is None:

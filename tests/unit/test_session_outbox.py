@@ -146,3 +146,11 @@ async def test_a_sink_that_fails_closes_its_session_and_spares_the_others() -> N
     sink.wrote.clear()
     await asyncio.wait_for(sink.wrote.wait(), 1)
     assert sink.writes[-1] == [b"c"]
+
+
+async def test_a_session_closed_before_the_sink_came_is_closed_at_once() -> None:
+    closed: list[int | None] = []
+    session = make(outbox=Outbox())
+    session.close(CloseCode.GOING_AWAY, "server draining")
+    session.attach_sink(FakeSink(), on_close=lambda: closed.append(session.close_code))
+    assert closed == [CloseCode.GOING_AWAY]  # the transport still sends the close frame
