@@ -22,6 +22,10 @@ from service.errors import BackboneUnavailable, ConfigError, ProtocolError
 from service.log import configure_logging
 
 log = structlog.get_logger("service.cli")
+#: Pending connections the kernel queues for the listener (aiohttp's default is 128): a
+#: reconnect storm of thousands of sockets otherwise overflows it and clients wait for SYN
+#: retransmits (1 s, 3 s...). Linux caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 COMMANDS = ("serve", "token", "publish")
 EXIT_CONFIG = 2
@@ -189,7 +193,13 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> int:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            runner,
+            config.host,
+            config.port,
+            reuse_port=reuse_port or None,
+            backlog=LISTEN_BACKLOG,
+        )
         await site.start()
         log.info(
             "listening",

@@ -33,7 +33,7 @@ from service.lastvalue import LastValueCache
 from service.metrics import Metrics
 from service.model import ClientMessage, Event, Namespace, Principal
 from service.routing import KeyKind
-from service.session import Session
+from service.session import Outbox, Session
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +89,7 @@ class Node:
         self.metrics = metrics or Metrics()
         self.hub = hub or Hub()
         self.lastvalue = lastvalue or LastValueCache()
+        self.outbox = Outbox()  # flushes sink sessions once per loop iteration
         self._verify = verify
         self.draining = False
         self._idle = asyncio.Event()  # set while no session is registered
@@ -185,6 +186,7 @@ class Node:
             namespace=namespace,
             send_queue_bytes=self.limits.send_queue_bytes,
             transport=transport,
+            outbox=self.outbox,
         )
 
     async def join(self, session: Session) -> None:

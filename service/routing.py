@@ -15,6 +15,7 @@ are exact keys, so `notification.user.a.b` never matches anything but itself.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -77,8 +78,13 @@ def user_key(user_id: str) -> str:
     return USER_PREFIX + user_id
 
 
+@functools.lru_cache(maxsize=16384)
 def parse(routing_key: str) -> Route | None:
-    """Parse a downstream routing key; None when it is outside the contract."""
+    """Parse a downstream routing key; None when it is outside the contract.
+
+    Memoised: every delivery parses its key (backbone and node), and keys repeat; a Route
+    is immutable, so sharing one is safe.
+    """
     if routing_key == BROADCAST_KEY:
         return Route(KeyKind.BROADCAST, "")
     if routing_key.startswith(USER_PREFIX):

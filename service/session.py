@@ -1,8 +1,17 @@
 """One client connection on any transport, with its byte-bounded outbound buffer.
 
 Producers (the hub's fan-out, the node's answers) call `push()` synchronously; it never
-awaits socket I/O. One writer task per connection, owned by the transport, drains the buffer
-with `next_batch()` and writes the frames. When the bytes waiting in the buffer would exceed
+awaits socket I/O. Frames leave the buffer in one of two ways, chosen by the transport:
+
+- **Writer task** (the default): one task per connection awaits `next_batch()` and writes.
+- **Sink** (`attach_sink`, the native WebSocket fast path): no task at all. The first push of
+  a loop iteration marks the session dirty in its `Outbox`, and one callback per iteration,
+  for every dirty session at once, hands the session's frames to its sink in a single call
+  (one system call per socket per iteration, however many events reached it). The sink
+  returns how many bytes are still waiting downstream (the transport's write buffer), and
+  those bytes count against the same budget.
+
+When the bytes waiting (queued here plus, with a sink, held in the transport) would exceed
 `send_queue_bytes`, the session is closed at once with 4008 (slow consumer) and its queued
 frames are dropped: one slow client never holds memory or time that others need.
 """
@@ -11,10 +20,44 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import deque
+from collections.abc import Callable
 
 from service.errors import CloseCode
 from service.model import Namespace, Principal
+
+#: Writes a session's frames (in order) and returns the bytes still buffered downstream.
+Sink = Callable[[list[bytes]], int]
+SLOW_CONSUMER_REASON = "slow consumer: outbound buffer overflow"
+
+
+class Outbox:
+    """Flushes every dirty sink session once per event-loop iteration (one callback in all)."""
+
+    __slots__ = ("_dirty", "_scheduled", "flushed_frames")
+
+    def __init__(self) -> None:
+        self._dirty: list[Session] = []
+        self._scheduled = False
+        self.flushed_frames = 0  # frames handed to sinks so far (for tests and metrics)
+
+    def mark(self, session: Session) -> None:
+        """Flush `session` at the end of this loop iteration's work."""
+        self._dirty.append(session)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand every dirty session's frames to its sink."""
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        count = 0
+        for session in dirty:
+            try:
+                count += session._flush()
+            except Exception:  # one broken socket must not stall the others' frames
+                session.close(CloseCode.INTERNAL, "write failed")
+        self.flushed_frames += count
 
 
 class Session:
@@ -22,9 +65,14 @@ class Session:
 
     __slots__ = (
         "_closed",
+        "_dirty",
+        "_downstream",
         "_frames",
         "_limit",
+        "_on_close",
+        "_outbox",
         "_pending_bytes",
+        "_sink",
         "_wake",
         "close_code",
         "close_reason",
@@ -45,16 +93,23 @@ class Session:
         send_queue_bytes: int,
         transport: str = "ws",
         session_id: str | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.principal = principal
         self.namespace = namespace
         self.transport = transport
         self._limit = send_queue_bytes
-        self._frames: deque[bytes] = deque()
+        self._frames: list[bytes] = []
         self._pending_bytes = 0
-        self._wake = asyncio.Event()
-        self._closed = asyncio.Event()
+        self._downstream = 0  # bytes the sink reported still buffered at its last write
+        self._outbox = outbox
+        self._sink: Sink | None = None
+        self._on_close: Callable[[], None] | None = None
+        self._dirty = False
+        # Created on first use: an idle sink session never needs them (memory per socket).
+        self._wake: asyncio.Event | None = None
+        self._closed: asyncio.Event | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         # Dashboard subscriptions: `explicit` turns True at the first subscribe/unsubscribe;
@@ -75,21 +130,61 @@ class Session:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes queued and not yet taken by the writer."""
-        return self._pending_bytes
+        """Bytes waiting: queued here, plus what the sink last reported buffered."""
+        return self._pending_bytes + self._downstream
+
+    def attach_sink(
+        self, sink: Sink, on_close: Callable[[], None] | None = None, outbox: Outbox | None = None
+    ) -> None:
+        """Deliver through `sink` once per loop iteration instead of a writer task.
+
+        `on_close` runs once when a close is requested (the transport then closes the
+        socket with `close_code`). Frames queued before this call are flushed soon.
+        """
+        if outbox is not None:
+            self._outbox = outbox
+        if self._outbox is None:
+            raise ValueError("a sink session needs an Outbox")
+        if self.close_code is not None:  # closed before the transport was ready (a drain)
+            if on_close is not None:
+                on_close()
+            return
+        self._sink = sink
+        self._on_close = on_close
+        if self._frames and not self._dirty and self.close_code is None:
+            self._dirty = True
+            self._outbox.mark(self)
 
     def push(self, frame: bytes) -> bool:
         """Queue one frame. False when closed, or when it overflowed (and closed) the session."""
         if self.close_code is not None:
             return False
-        size = len(frame)
-        if self._pending_bytes + size > self._limit:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound buffer overflow")
+        pending = self._pending_bytes + len(frame)
+        if pending + self._downstream > self._limit:
+            self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER_REASON)
             return False
         self._frames.append(frame)
-        self._pending_bytes += size
-        self._wake.set()
+        self._pending_bytes = pending
+        if self._sink is not None:
+            if not self._dirty:
+                self._dirty = True
+                self._outbox.mark(self)  # type: ignore[union-attr]  # set with the sink
+        elif self._wake is not None:
+            self._wake.set()
         return True
+
+    def _flush(self) -> int:
+        """Outbox callback: hand the queued frames to the sink; returns how many."""
+        self._dirty = False
+        frames = self._frames
+        if self.close_code is not None or not frames or self._sink is None:
+            return 0
+        self._frames = []
+        self._pending_bytes = 0
+        self._downstream = buffered = self._sink(frames)
+        if buffered > self._limit:
+            self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+        return len(frames)
 
     def close(self, code: int, reason: str) -> None:
         """Ask the transport to close with `code`; the first request wins. Drops queued frames."""
@@ -97,17 +192,28 @@ class Session:
             return
         self.close_code = code
         self.close_reason = reason
-        self._frames.clear()
+        self._frames = []
         self._pending_bytes = 0
-        self._wake.set()
-        self._closed.set()
+        if self._wake is not None:
+            self._wake.set()
+        if self._closed is not None:
+            self._closed.set()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     async def wait_closed(self) -> None:
         """Return once a close was requested."""
+        if self.close_code is not None:
+            return
+        if self._closed is None:
+            self._closed = asyncio.Event()
         await self._closed.wait()
 
     async def next_batch(self) -> list[bytes] | None:
         """Wait for frames and take all of them; None once the session is closed."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
         while not self._frames:
             if self.close_code is not None:
                 return None
@@ -115,8 +221,7 @@ class Session:
             await self._wake.wait()
         if self.close_code is not None:
             return None
-        batch = list(self._frames)
-        self._frames.clear()
+        batch, self._frames = self._frames, []
         self._pending_bytes = 0
         return batch
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -20,6 +21,8 @@ class Gateway:
     node: Node
     auth: Authenticator
     metrics: Metrics
+    #: per-namespace frames_out accumulators of the WebSocket fast path (transports.ws)
+    ws_frames_out: dict[Any, Any] = field(default_factory=dict)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

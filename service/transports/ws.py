@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from typing import Any
 
 import structlog
@@ -96,7 +97,19 @@ async def _serve(
     gateway: Gateway, request: web.Request, ws: web.WebSocketResponse, session: Session
 ) -> None:
     node = gateway.node
-    writer = asyncio.get_running_loop().create_task(_write(request, ws, session))
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def on_close() -> None:
+        # The session asked to close (slow consumer, drain, expiry, rate limit...): send the
+        # close frame now, while this handler keeps reading until the peer answers it.
+        closing.append(loop.create_task(_close(request, ws, session)))
+
+    # No writer task: the node's Outbox hands this socket's frames to the sink once per
+    # loop iteration (see WireSink); this handler task is the connection's only task.
+    transport = request.transport
+    assert transport is not None  # prepared just now
+    session.attach_sink(WireSink(ws, transport, _frames_out(gateway, session)), on_close)
     log.info("connected", transport="ws")
     config = gateway.config
     limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
@@ -116,8 +129,9 @@ async def _serve(
                 break
     finally:
         session.close(CloseCode.NORMAL, "client closed")
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        for task in closing:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         code = int(session.close_code or CloseCode.NORMAL)
         node.leave(session, code)
         log.info("disconnected", code=code, reason=session.close_reason)
@@ -156,27 +170,101 @@ def _reply_error(
     session.push(codec.encode_error(code, message, ack))
 
 
-async def _write(request: web.Request, ws: web.WebSocketResponse, session: Session) -> None:
-    """The connection's only writer: drain the session's buffer, then close with its code."""
-    metrics = request.app[GATEWAY].metrics.frames_out.labels(session.namespace)
-    pump = asyncio.get_running_loop().create_task(_pump(ws, session, metrics))
-    try:
-        await session.wait_closed()
-    finally:
-        # A writer blocked on a client that stopped reading is cancelled here: its frames
-        # were dropped by Session.close, and the close frame goes out on its own.
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await pump
-    await _close(request, ws, session)
+def text_frame(payload: bytes) -> bytes:
+    """The wire bytes of one unmasked, uncompressed, final TEXT frame (RFC 6455 5.2).
+
+    Server frames carry no mask, so the same bytes serve every socket: this is exactly what
+    aiohttp's WebSocketWriter writes for `send_frame(payload, TEXT)` with compression off
+    (tests/unit/test_wire.py checks it byte for byte).
+    """
+    length = len(payload)
+    if length < 126:
+        return _LEN1(0x81, length) + payload
+    if length < 65536:
+        return _LEN2(0x81, 126, length) + payload
+    return _LEN3(0x81, 127, length) + payload
 
 
-async def _pump(ws: web.WebSocketResponse, session: Session, metrics: Any) -> None:
-    with contextlib.suppress(ConnectionError):
-        while (batch := await session.next_batch()) is not None:
-            for frame in batch:
-                await ws.send_frame(frame, WSMsgType.TEXT)
-            metrics.inc(len(batch))
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
+_WIRE_MEMO: dict[bytes, bytes] = {}
+_WIRE_MEMO_MAX = 64  # recent frames; one fan-out frames each event once for every socket
+_WIRE_MEMO_FRAME_MAX = 16384  # larger frames are framed per socket, not pinned here
+
+
+def wire(payload: bytes) -> bytes:
+    """`text_frame(payload)`, memoised: a fan-out frames its event once, not once per socket."""
+    framed = _WIRE_MEMO.get(payload)
+    if framed is None:
+        framed = text_frame(payload)
+        if len(payload) <= _WIRE_MEMO_FRAME_MAX:
+            if len(_WIRE_MEMO) >= _WIRE_MEMO_MAX:
+                _WIRE_MEMO.clear()
+            _WIRE_MEMO[payload] = framed
+    return framed
+
+
+class WireSink:
+    """Writes a session's frames straight to its transport, coalesced into one write.
+
+    Bypasses aiohttp's per-frame `send_frame` (an await, a header build and a system call
+    per frame per socket). aiohttp still owns the socket's control frames (pong, ping,
+    close); both write whole frames synchronously, so they never interleave. Nothing is
+    written once aiohttp started the closing handshake. Returns the transport's buffered
+    bytes, which the session counts against its budget (slow consumer = 4008).
+    """
+
+    __slots__ = ("_counter", "_transport", "_ws")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport | Any, counter: _Counter
+    ) -> None:
+        self._ws = ws
+        self._transport = transport
+        self._counter = counter
+
+    def __call__(self, frames: list[bytes]) -> int:
+        transport = self._transport
+        if self._ws.closed or transport.is_closing():
+            return 0
+        if len(frames) == 1:
+            transport.write(wire(frames[0]))
+        else:
+            transport.write(b"".join([wire(frame) for frame in frames]))
+        self._counter.add(len(frames))
+        return int(transport.get_write_buffer_size())
+
+
+class _Counter:
+    """frames_out for one namespace, added to Prometheus once per loop iteration, not per socket."""
+
+    __slots__ = ("_child", "_count", "_scheduled")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._count = 0
+        self._scheduled = False
+
+    def add(self, n: int) -> None:
+        self._count += n
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._scheduled = False
+        count, self._count = self._count, 0
+        self._child.inc(count)
+
+
+def _frames_out(gateway: Gateway, session: Session) -> _Counter:
+    counters = gateway.ws_frames_out
+    counter = counters.get(session.namespace)
+    if counter is None:
+        counter = _Counter(gateway.metrics.frames_out.labels(session.namespace))
+        counters[session.namespace] = counter
+    return counter
 
 
 async def _close(request: web.Request, ws: web.WebSocketResponse, session: Session) -> None:
