@@ -187,16 +187,22 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> int:
         log.info(
             "listening",
             host=config.host,
-            port=config.port,
+            port=_bound_port(runner, config.port),
             instance=config.instance_id,
             backbone="amqp" if config.amqp_url else "embedded",
         )
+        node = app[GATEWAY].node
         stop = asyncio.Event()
+
+        def on_signal() -> None:
+            # Not ready from this very moment: the next /readyz answers 503.
+            node.begin_drain()
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
-        node = app[GATEWAY].node
         # The listener stays open while draining: new upgrades get 503, /readyz says 503.
         log.info("sigterm", drain_s=config.drain_s)
         await node.drain(config.drain_s)
@@ -204,3 +210,11 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> int:
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _bound_port(runner: Any, configured: int) -> int:
+    """The port actually listened on (differs from the configured one for port 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured
