@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth import Authenticator
+from service.auth import MIN_SECRET_BYTES, Authenticator
 from service.backbone.base import Backbone
 from service.backbone.memory import MemoryBackbone
 from service.bindings import BindingMode, Bindings
@@ -39,6 +39,8 @@ def build_authenticator(config: Config) -> Authenticator:
         )
     except ValueError as exc:
         variable = "GATEWAY_JWKS_FILE" if jwks else "GATEWAY_JWT_PUBLIC_KEY"
+        if config.jwt_secret and len(config.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            variable = "GATEWAY_JWT_SECRET"
         raise ConfigError(variable, str(exc)) from None
 
 

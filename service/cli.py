@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,6 +20,9 @@ from service import config as config_module
 from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ProtocolError
 from service.log import configure_logging
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
 
 log = structlog.get_logger("service.cli")
 
@@ -157,23 +160,45 @@ def _publish_http(
 
 
 def serve(config: Config) -> int:
-    """Run the gateway until SIGTERM/SIGINT; drains, then returns 0."""
+    """Run the gateway until SIGTERM/SIGINT; drains, then returns 0.
+
+    With GATEWAY_WORKERS > 1 this process becomes the supervisor of that many workers.
+    """
     configure_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        if not config.amqp_url:
+            raise ConfigError(
+                "GATEWAY_WORKERS",
+                "more than one worker needs GATEWAY_AMQP_URL: with the embedded backbone "
+                "each worker would only see the events published through itself",
+            )
+        from service.supervisor import Supervisor
+
+        return Supervisor(config).run()
+    return serve_one(config)
+
+
+def serve_one(config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:
+    """Run one gateway process (the only one, or one worker) until SIGTERM/SIGINT."""
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(_serve(config))
+    # Every log line of this process names its instance (contract §1).
+    structlog.contextvars.bind_contextvars(instance=config.instance_id)
+    return asyncio.run(_serve(config, reuse_port=reuse_port, metrics=metrics))
 
 
-async def _serve(config: Config, *, reuse_port: bool = False) -> int:
+async def _serve(
+    config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None
+) -> int:
     from aiohttp import web
 
     from service.app import create_app
     from service.transports.access_log import RedactingAccessLogger
     from service.transports.context import GATEWAY
 
-    app = create_app(config)
+    app = create_app(config, metrics=metrics)
     runner = web.AppRunner(
         app,
         access_log_class=RedactingAccessLogger,
@@ -188,7 +213,6 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> int:
             "listening",
             host=config.host,
             port=_bound_port(runner, config.port),
-            instance=config.instance_id,
             backbone="amqp" if config.amqp_url else "embedded",
         )
         node = app[GATEWAY].node

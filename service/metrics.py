@@ -190,3 +190,13 @@ def collect_multiprocess(directory: str) -> bytes:
 def forget_process(directory: str, pid: int) -> None:
     """Drop a dead worker's live gauges (its counters stay in the totals)."""
     multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def worker_restarts_counter(directory: str) -> Counter:
+    """The supervisor's one metric, written to the workers' multiprocess directory."""
+    enable_multiprocess(directory)
+    return Counter(
+        f"{PREFIX}_worker_restarts_total",
+        "Worker processes restarted by the supervisor after they died (GATEWAY_WORKERS > 1).",
+        registry=None,
+    )

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tests.conftest import API_KEY, SECRET
@@ -62,15 +62,18 @@ class GatewayProcess:
 
     @classmethod
     async def start(
-        cls, env: Mapping[str, str], *, wait_for: str = "listening", count: int = 1
+        cls,
+        env: Mapping[str, str],
+        *,
+        wait_for: str = "listening",
+        count: int = 1,
+        argv: Sequence[str] = ("-m", "service", "serve"),
     ) -> GatewayProcess:
         """Start the gateway and wait until `count` records named `wait_for` were logged."""
         port = int(env["GATEWAY_PORT"])
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "service",
-            "serve",
+            *argv,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
