@@ -10,6 +10,10 @@ them all up, so counters are totals over every worker, including workers that di
 restarted. Gauges say how they combine (`multiprocess_mode`): open connections and bindings
 are summed over live workers, `backbone_ready` is the minimum (1 only when every worker is
 connected), `draining` the maximum. Outside that mode `multiprocess_mode` is ignored.
+
+Label names avoid the target labels Prometheus attaches to every scraped series (`namespace`,
+`pod`, `instance`, `job`...): the WebSocket namespace is `gateway_namespace`, so it never
+collides with the Kubernetes namespace.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from prometheus_client.exposition import generate_latest
 
 PREFIX = "realtime_gateway"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_RESTARTS = f"{PREFIX}_worker_restarts"  # the supervisor's counter (exposed + _total)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -51,33 +56,39 @@ class Metrics:
         self.connections = Gauge(
             f"{PREFIX}_connections",
             "Open client connections.",
-            ["namespace", "transport"],
+            ["gateway_namespace", "transport"],
             registry=r,
             multiprocess_mode="livesum",
         )
         self.connects = Counter(
             f"{PREFIX}_connects_total",
             "Accepted connections.",
-            ["namespace", "transport"],
+            ["gateway_namespace", "transport"],
             registry=r,
         )
         self.refusals = Counter(
             f"{PREFIX}_refusals_total",
             "Handshakes refused before the upgrade, by HTTP status.",
-            ["namespace", "status"],
+            ["gateway_namespace", "status"],
             registry=r,
         )
         self.disconnects = Counter(
             f"{PREFIX}_disconnects_total",
             "Closed connections, by close code.",
-            ["namespace", "code"],
+            ["gateway_namespace", "code"],
             registry=r,
         )
         self.frames_in = Counter(
-            f"{PREFIX}_frames_in_total", "Frames received from clients.", ["namespace"], registry=r
+            f"{PREFIX}_frames_in_total",
+            "Frames received from clients.",
+            ["gateway_namespace"],
+            registry=r,
         )
         self.frames_out = Counter(
-            f"{PREFIX}_frames_out_total", "Frames written to clients.", ["namespace"], registry=r
+            f"{PREFIX}_frames_out_total",
+            "Frames written to clients.",
+            ["gateway_namespace"],
+            registry=r,
         )
         self.events = Counter(
             f"{PREFIX}_events_total",
@@ -196,7 +207,7 @@ def worker_restarts_counter(directory: str) -> Counter:
     """The supervisor's one metric, written to the workers' multiprocess directory."""
     enable_multiprocess(directory)
     return Counter(
-        f"{PREFIX}_worker_restarts_total",
+        WORKER_RESTARTS,
         "Worker processes restarted by the supervisor after they died (GATEWAY_WORKERS > 1).",
         registry=None,
     )

@@ -17,6 +17,9 @@ from tests.conftest import GatewayFactory, receive, request
 from tests.metricsutil import parse, scrape_until, total, value
 
 P = "realtime_gateway"
+# Labels Prometheus (and the Prometheus Operator) attach to every scraped series: a metric
+# label of the same name would be renamed `exported_<name>` at scrape time.
+TARGET_LABELS = {"namespace", "pod", "instance", "job", "service", "container", "endpoint"}
 
 
 async def test_counters_match_the_traffic(start_gateway: GatewayFactory) -> None:
@@ -36,7 +39,7 @@ async def test_counters_match_the_traffic(start_gateway: GatewayFactory) -> None
     assert refused.value.status == 401
 
     samples = await scrape_until(
-        scrape, {f"{P}_connections{{namespace=notifications}}": 2, f"{P}_connections": 3}
+        scrape, {f"{P}_connections{{gateway_namespace=notifications}}": 2, f"{P}_connections": 3}
     )
     assert value(samples, f"{P}_backbone_ready") == 1
     assert value(samples, f"{P}_bindings") >= 4  # 2 users, broadcast, dashboard.#
@@ -77,12 +80,14 @@ async def test_counters_match_the_traffic(start_gateway: GatewayFactory) -> None
     assert value(samples, f"{P}_dropped_total", reason="slow_consumer") == 1
     assert value(samples, f"{P}_slow_consumer_closes_total") == 1
     assert value(samples, f"{P}_events_total", kind="user") == 2
-    assert value(samples, f"{P}_refusals_total", namespace="notifications", status="401") == 1
+    assert (
+        value(samples, f"{P}_refusals_total", gateway_namespace="notifications", status="401") == 1
+    )
     assert value(samples, f"{P}_client_errors_total", code="unknown_event") == 1
     assert value(samples, f"{P}_upstream_publishes_total", result="confirmed") == 1
     assert value(samples, f"{P}_published_total", result="ok") == 3
-    assert value(samples, f"{P}_frames_in_total", namespace="notifications") == 1
-    assert value(samples, f"{P}_frames_in_total", namespace="dashboard") == 1
+    assert value(samples, f"{P}_frames_in_total", gateway_namespace="notifications") == 1
+    assert value(samples, f"{P}_frames_in_total", gateway_namespace="dashboard") == 1
     assert value(samples, f"{P}_delivery_lag_seconds_count") == 3
     assert value(samples, f"{P}_binding_operations_total", operation="bind") >= 1
     assert value(samples, f"{P}_draining") == 0
@@ -97,6 +102,9 @@ async def test_metric_names_follow_prometheus_conventions() -> None:
         if family.type == "histogram":
             assert family.name.endswith("_seconds"), family.name
         assert family.documentation, family.name
+    for collector in metrics.registry._collector_to_names:
+        labels = set(getattr(collector, "_labelnames", ()))
+        assert not labels & TARGET_LABELS, (collector, labels & TARGET_LABELS)
 
 
 async def test_loop_lag_is_measured() -> None:
