@@ -29,7 +29,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import API_KEY, mint
-from tests.procutil import GatewayProcess, base_env, free_port
+from tests.process.logged_process import GatewayProcess, base_env, free_port
 
 TIME_LIMIT_S = 120
 

@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -217,18 +218,23 @@ async def _serve(
         )
         node = app[GATEWAY].node
         stop = asyncio.Event()
-
-        def on_signal() -> None:
-            # Not ready from this very moment: the next /readyz answers 503.
-            node.begin_drain()
-            stop.set()
-
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        await stop.wait()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            # A plain handler, not loop.add_signal_handler: Python runs it before any further
+            # bytecode, so a /readyz already read from its socket answers 503 too, where a
+            # loop callback could come after it. It only flips a flag and wakes the loop.
+            node.draining = True
+            loop.call_soon_threadsafe(stop.set)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            await stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         # The listener stays open while draining: new upgrades get 503, /readyz says 503.
-        log.info("sigterm", drain_s=config.drain_s)
+        log.info("sigterm", drain_s=config.drain_s, connections=len(node.hub))
         await node.drain(config.drain_s)
     finally:
         await runner.cleanup()

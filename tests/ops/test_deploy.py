@@ -117,7 +117,7 @@ async def test_healthcheck_script_against_a_real_gateway(start_gateway: GatewayF
 
 
 def test_healthcheck_script_fails_when_nothing_listens() -> None:
-    from tests.procutil import free_port
+    from tests.process.logged_process import free_port
 
     out = _healthcheck(f"http://127.0.0.1:{free_port()}/healthz")
     assert out.returncode == 1

@@ -1,7 +1,9 @@
-"""The gateway as a real process (`python -m service serve`), for tests of signals and workers.
+"""The gateway as a real process whose JSON log is read while it runs.
 
-The process logs JSON lines on stderr; `GatewayProcess` reads them as they come, so a test can
-wait for a given log event (with a timeout) instead of sleeping.
+Unlike `gateway_process.GatewayProcess`, which reads stderr after exit, this one drains the
+log live: a process with hundreds of sockets or several workers logs more than a pipe holds,
+and tests of workers and drains wait for given log events (with a timeout) instead of
+sleeping. The process gets its own process group, so cleanup also reaches its workers.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import mint
-from tests.procutil import GatewayProcess, base_env, free_port
+from tests.process.logged_process import GatewayProcess, base_env, free_port
 
 SOCKETS = 500
 DRAIN_S = 4.0

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import mint, nothing_arrives
 from tests.metricsutil import parse, total, value
-from tests.procutil import GatewayProcess, Record, base_env, free_port
+from tests.process.logged_process import GatewayProcess, Record, base_env, free_port
 
 P = "realtime_gateway"
 SOCKETS = 16
