@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -173,3 +176,53 @@ def test_multiprocess_values_add_up_over_workers(tmp_path: Path) -> None:
     assert total(samples, f"{P}_connections") == 2
     assert value(samples, f"{P}_backbone_ready") == 1
     assert first != second
+
+
+HAS_AMQP = importlib.util.find_spec("service.backbone.amqp") is not None
+
+
+@pytest.mark.amqp
+@pytest.mark.skipif(not HAS_AMQP, reason="needs the RabbitMQ backbone (service.backbone.amqp)")
+async def test_counters_match_the_traffic_over_rabbitmq(
+    start_amqp_gateway: Any, service: Any
+) -> None:
+    """Issue 4's example: 3 deliveries, 1 dead-lettered, 1 slow-consumer close."""
+    amqp = await start_amqp_gateway(send_queue_bytes=4096)
+    gw = amqp.gateway
+
+    async def scrape() -> str:
+        return await (await gw.client.get("/metrics")).text()
+
+    alice = await gw.connect("notifications", user="alice")
+    bob = await gw.connect("notifications", user="bob")
+    stamp = datetime.now(UTC)
+    await service.publish("notification.user.alice", {"data": 1}, timestamp=stamp)
+    await service.publish("notification.broadcast", {"data": 2}, timestamp=stamp)
+    assert (await receive(alice))["data"] == 1
+    assert (await receive(alice))["data"] == 2
+    assert (await receive(bob))["data"] == 2
+    await service.publish("notification.user.alice", b"{not json")  # dead-lettered
+    await service.publish("notification.user.bob", {"data": "x" * 8192})  # over bob's buffer
+    closed = await bob.receive(timeout=5)
+    assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4008)
+
+    samples = await scrape_until(
+        scrape,
+        {
+            f"{P}_deliveries_total": 3,
+            f"{P}_dead_lettered_total": 1,
+            f"{P}_slow_consumer_closes_total": 1,
+            f"{P}_disconnects_total{{code=4008}}": 1,
+            f"{P}_connections": 1,
+        },
+    )
+    assert value(samples, f"{P}_dead_lettered_total", reason="body") == 1
+    assert value(samples, f"{P}_dropped_total", reason="slow_consumer") == 1
+    assert value(samples, f"{P}_events_total", kind="user") == 2
+    assert value(samples, f"{P}_events_total", kind="broadcast") == 1
+    assert value(samples, f"{P}_backbone_ready") == 1
+    assert value(samples, f"{P}_bindings") >= 3  # alice, bob (lingering), broadcast
+    assert value(samples, f"{P}_delivery_lag_seconds_count") == 3
+    # The AMQP timestamp (whole seconds) is the start: the lag is under a couple of seconds.
+    assert value(samples, f"{P}_delivery_lag_seconds_bucket", le="2.5") == 3
+    await alice.close()

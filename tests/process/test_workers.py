@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -190,49 +191,54 @@ HAS_AMQP = importlib.util.find_spec("service.backbone.amqp") is not None
 
 @pytest.mark.amqp
 @pytest.mark.skipif(not HAS_AMQP, reason="needs the RabbitMQ backbone (service.backbone.amqp)")
-async def test_clients_on_both_workers_receive_one_broadcast(http: aiohttp.ClientSession) -> None:
-    from tests.amqputil import amqp_vhost_url
+async def test_clients_on_both_workers_receive_one_broadcast(
+    http: aiohttp.ClientSession, amqp_broker: Any, amqp_names: Any, service: Any
+) -> None:
+    env = base_env(
+        GATEWAY_PORT=str(free_port()),
+        GATEWAY_WORKERS="2",
+        GATEWAY_AMQP_URL=amqp_broker.url,
+        GATEWAY_EXCHANGE=amqp_names.events,
+        GATEWAY_UPSTREAM_EXCHANGE=amqp_names.upstream,
+        GATEWAY_DRAIN_SECONDS="0",
+        GATEWAY_INSTANCE_ID=f"gw-{amqp_names.tag}",
+    )
+    workers = {f"gw-{amqp_names.tag}-w1", f"gw-{amqp_names.tag}-w2"}
+    gateway = await GatewayProcess.start(env, count=2)  # the real `serve`
+    try:
+        sockets = [
+            await http.ws_connect(f"{gateway.ws_url}/ws/notifications?access_token={mint(f'u{i}')}")
+            for i in range(SOCKETS)
+        ]
+        connected = await gateway.wait_log(_event("connected"), SOCKETS)
+        assert {r["instance"] for r in connected} == workers  # clients on both workers
 
-    async with amqp_vhost_url() as url:
-        env = base_env(
-            GATEWAY_PORT=str(free_port()),
-            GATEWAY_WORKERS="2",
-            GATEWAY_AMQP_URL=url,
-            GATEWAY_DRAIN_SECONDS="0",
-            GATEWAY_INSTANCE_ID="gw-amqp",
-        )
-        gateway = await GatewayProcess.start(env, count=2)
-        try:
-            sockets = [
-                await http.ws_connect(
-                    f"{gateway.ws_url}/ws/notifications?access_token={mint(f'u{i}')}"
-                )
-                for i in range(SOCKETS)
-            ]
-            connected = await gateway.wait_log(_event("connected"), SOCKETS)
-            assert {r["instance"] for r in connected} == {"gw-amqp-w1", "gw-amqp-w2"}
-            resp = await http.post(
-                f"{gateway.url}/api/publish",
-                json={"routing_key": "notification.broadcast", "data": {"hello": "all"}},
-                headers={"Authorization": f"Bearer {env['GATEWAY_API_KEYS']}"},
+        # Published once, by a service, to the exchange: each worker's queue gets a copy.
+        ident = await service.publish("notification.broadcast", {"data": {"hello": "all"}})
+        for ws in sockets:
+            frame = (await ws.receive(timeout=5)).json()
+            assert (frame["event"], frame["id"], frame["data"]) == (
+                "notification_new",
+                ident,
+                {"hello": "all"},
             )
-            assert resp.status == 202
-            ident = (await resp.json())["id"]
-            for ws in sockets:
-                frame = (await ws.receive(timeout=5)).json()
-                assert (frame["event"], frame["id"], frame["data"]) == (
-                    "notification_new",
-                    ident,
-                    {"hello": "all"},
-                )
-            for ws in sockets:
-                assert await nothing_arrives(ws, 0.2)  # once per socket, not once per worker
-            gateway.signal(signal.SIGTERM)
-            assert await gateway.wait(within=10) == 0
-            for ws in sockets:
-                await ws.close()
-        finally:
-            await gateway.kill()
+        for ws in sockets:
+            assert await nothing_arrives(ws, 0.2)  # once per socket, not once per worker
+
+        # Totals over both workers, whichever of them answers the scrape.
+        for _ in range(4):
+            samples = parse(await (await http.get(f"{gateway.url}/metrics")).text())
+            assert total(samples, f"{P}_deliveries_total") == SOCKETS
+            assert value(samples, f"{P}_events_total", kind="broadcast") == 2
+            assert total(samples, f"{P}_connections") == SOCKETS
+            assert value(samples, f"{P}_backbone_ready") == 1
+
+        gateway.signal(signal.SIGTERM)
+        assert await gateway.wait(within=15) == 0
+        for ws in sockets:
+            await ws.close()
+    finally:
+        await gateway.kill()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
