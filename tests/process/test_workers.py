@@ -140,6 +140,23 @@ async def test_workers_share_one_port_and_are_restarted(http: aiohttp.ClientSess
         await gateway.kill()
 
 
+async def test_port_0_picks_one_port_for_every_worker(http: aiohttp.ClientSession) -> None:
+    env = base_env(GATEWAY_PORT="0", GATEWAY_WORKERS="2", GATEWAY_DRAIN_SECONDS="0")
+    gateway = await GatewayProcess.start(env, argv=("-c", SUPERVISE), count=2)
+    try:
+        ports = {r["port"] for r in gateway.matching(_event("listening"))}
+        (port,) = ports
+        assert port != 0
+        assert gateway.matching(_event("supervisor_started", port=port))
+        for _ in range(4):
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200
+        gateway.signal(signal.SIGTERM)
+        assert await gateway.wait(within=10) == 0
+    finally:
+        await gateway.kill()
+
+
 async def test_workers_exit_when_the_supervisor_is_killed() -> None:
     env = base_env(GATEWAY_PORT=str(free_port()), GATEWAY_WORKERS="2", GATEWAY_DRAIN_SECONDS="0")
     gateway = await GatewayProcess.start(env, argv=("-c", SUPERVISE), count=2)
