@@ -61,6 +61,13 @@ def worker_instance_id(base: str, index: int, restarts: int) -> str:
     return base[: INSTANCE_ID_MAX - len(suffix)] + suffix
 
 
+def restart_delay(failures: int) -> float:
+    """Seconds before a restart: none after a worker that lived, then 0.5, 1, 2... up to 30."""
+    if failures <= 0:
+        return 0.0
+    return float(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures - 1, 16)))
+
+
 def reserve_port(host: str, port: int) -> socket.socket | None:
     """For port 0, pick the port every worker will share; the socket keeps it reserved.
 
@@ -202,9 +209,7 @@ class Supervisor:
                 self._status = EXIT_CONFIG
                 continue
             worker.failures = 0 if lived >= STABLE_AFTER_S else worker.failures + 1
-            delay = 0.0
-            if worker.failures:
-                delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (worker.failures - 1))
+            delay = restart_delay(worker.failures)
             worker.start_after = now + delay
             log.error(
                 "worker_exited",
