@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth import Authenticator
+from service.auth import MIN_SECRET_BYTES, Authenticator
 from service.backbone.base import Backbone
 from service.backbone.memory import MemoryBackbone
 from service.bindings import BindingMode, Bindings
@@ -15,6 +15,7 @@ from service.config import Config
 from service.demo import DemoProducer
 from service.errors import ConfigError
 from service.metrics import Metrics
+from service.monitor import LoopMonitor, refresh_gauges
 from service.node import Limits, Node
 from service.transports import demo as demo_http
 from service.transports import health, http_api, ws
@@ -38,6 +39,8 @@ def build_authenticator(config: Config) -> Authenticator:
         )
     except ValueError as exc:
         variable = "GATEWAY_JWKS_FILE" if jwks else "GATEWAY_JWT_PUBLIC_KEY"
+        if config.jwt_secret and len(config.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            variable = "GATEWAY_JWT_SECRET"
         raise ConfigError(variable, str(exc)) from None
 
 
@@ -50,15 +53,18 @@ def build_backbone(config: Config, metrics: Metrics) -> Backbone:
     return AmqpBackbone.from_config(config, metrics)
 
 
-def create_app(config: Config, *, backbone: Backbone | None = None) -> web.Application:
-    """The gateway as an aiohttp application; `backbone` overrides the configured one."""
-    metrics = Metrics()
+def create_app(
+    config: Config, *, backbone: Backbone | None = None, metrics: Metrics | None = None
+) -> web.Application:
+    """The gateway as an aiohttp application; `backbone` and `metrics` override the defaults."""
+    metrics = metrics or Metrics()
     chosen = backbone if backbone is not None else build_backbone(config, metrics)
     bindings = Bindings(
         chosen,
         mode=BindingMode(config.bindings),
         user_bindings_max=config.user_bindings_max,
         grace_s=config.binding_grace_s,
+        metrics=metrics,
     )
     auth = build_authenticator(config)
     node = Node(
@@ -86,9 +92,13 @@ def create_app(config: Config, *, backbone: Backbone | None = None) -> web.Appli
 
 
 async def _run_node(app: web.Application) -> AsyncIterator[None]:
-    node = app[GATEWAY].node
+    gateway = app[GATEWAY]
+    node = gateway.node
     await node.start()
+    monitor = LoopMonitor(gateway.metrics, on_tick=lambda: refresh_gauges(node, gateway.metrics))
+    monitor.start()
     yield
+    await monitor.close()
     await node.close()
 
 

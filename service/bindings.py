@@ -29,6 +29,7 @@ import structlog
 from service import routing
 from service.backbone.base import Backbone
 from service.errors import BackboneUnavailable
+from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -71,8 +72,10 @@ class Bindings:
         user_bindings_max: int = 1000,
         grace_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._backbone = backbone
+        self._metrics = metrics
         self.mode = mode
         self._user_max = user_bindings_max
         self._grace_s = grace_s
@@ -254,12 +257,16 @@ class Bindings:
                 for batch in _batches(to_bind):
                     await self._backbone.bind(batch)
                     self.bind_calls += 1
+                    if self._metrics is not None:
+                        self._metrics.binding_operations.labels("bind").inc()
                     self._bound.update(batch)
                     self._resolve_waiters()
                 interrupted = False
                 for batch in _batches(to_unbind, UNBIND_BATCH):
                     await self._backbone.unbind(batch)
                     self.unbind_calls += 1
+                    if self._metrics is not None:
+                        self._metrics.binding_operations.labels("unbind").inc()
                     self._bound.difference_update(batch)
                     if self._wake.is_set():
                         # New interest arrived: bind it first (a subscribe or an upgrade is

@@ -11,7 +11,8 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,6 +21,9 @@ from service import config as config_module
 from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ProtocolError
 from service.log import configure_logging
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
 
 log = structlog.get_logger("service.cli")
 #: Pending connections the kernel queues for the listener (aiohttp's default is 128): a
@@ -168,23 +172,45 @@ def _publish_http(
 
 
 def serve(config: Config) -> int:
-    """Run the gateway until SIGTERM/SIGINT; drains, then returns 0."""
+    """Run the gateway until SIGTERM/SIGINT; drains, then returns 0.
+
+    With GATEWAY_WORKERS > 1 this process becomes the supervisor of that many workers.
+    """
     configure_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        if not config.amqp_url:
+            raise ConfigError(
+                "GATEWAY_WORKERS",
+                "more than one worker needs GATEWAY_AMQP_URL: with the embedded backbone "
+                "each worker would only see the events published through itself",
+            )
+        from service.supervisor import Supervisor
+
+        return Supervisor(config).run()
+    return serve_one(config)
+
+
+def serve_one(config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:
+    """Run one gateway process (the only one, or one worker) until SIGTERM/SIGINT."""
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(_serve(config))
+    # Every log line of this process names its instance (contract §1).
+    structlog.contextvars.bind_contextvars(instance=config.instance_id)
+    return asyncio.run(_serve(config, reuse_port=reuse_port, metrics=metrics))
 
 
-async def _serve(config: Config, *, reuse_port: bool = False) -> int:
+async def _serve(
+    config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None
+) -> int:
     from aiohttp import web
 
     from service.app import create_app
     from service.transports.access_log import RedactingAccessLogger
     from service.transports.context import GATEWAY
 
-    app = create_app(config)
+    app = create_app(config, metrics=metrics)
     runner = web.AppRunner(
         app,
         access_log_class=RedactingAccessLogger,
@@ -204,20 +230,38 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> int:
         log.info(
             "listening",
             host=config.host,
-            port=config.port,
-            instance=config.instance_id,
+            port=_bound_port(runner, config.port),
             backbone="amqp" if config.amqp_url else "embedded",
         )
+        node = app[GATEWAY].node
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        node = app[GATEWAY].node
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            # A plain handler, not loop.add_signal_handler: Python runs it before any further
+            # bytecode, so a /readyz already read from its socket answers 503 too, where a
+            # loop callback could come after it. It only flips a flag and wakes the loop.
+            node.draining = True
+            loop.call_soon_threadsafe(stop.set)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            await stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         # The listener stays open while draining: new upgrades get 503, /readyz says 503.
-        log.info("sigterm", drain_s=config.drain_s)
+        log.info("sigterm", drain_s=config.drain_s, connections=len(node.hub))
         await node.drain(config.drain_s)
     finally:
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _bound_port(runner: Any, configured: int) -> int:
+    """The port actually listened on (differs from the configured one for port 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured

@@ -2,51 +2,93 @@
 
 Metrics live in a registry owned by the app (no process-global state), so tests can build
 many apps in one process and read exact values.
+
+Multi-worker mode (GATEWAY_WORKERS > 1) uses prometheus-client's multiprocess mode: the
+supervisor makes one fresh directory per run, every worker writes its values to memory-mapped
+files there (`Metrics(multiprocess_dir=...)`), and whichever worker answers `/metrics` adds
+them all up, so counters are totals over every worker, including workers that died and were
+restarted. Gauges say how they combine (`multiprocess_mode`): open connections and bindings
+are summed over live workers, `backbone_ready` is the minimum (1 only when every worker is
+connected), `draining` the maximum. Outside that mode `multiprocess_mode` is ignored.
+
+Label names avoid the target labels Prometheus attaches to every scraped series (`namespace`,
+`pod`, `instance`, `job`...): the WebSocket namespace is `gateway_namespace`, so it never
+collides with the Kubernetes namespace.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import generate_latest
 
 PREFIX = "realtime_gateway"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_RESTARTS = f"{PREFIX}_worker_restarts"  # the supervisor's counter (exposed + _total)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Make every metric created from now on in this process write to `directory`.
+
+    prometheus-client reads the directory from the environment when it creates a value, so
+    the variable is set here (for this process only; the supervisor never sets it).
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"metrics directory {directory!r} does not exist")
+    os.environ[MULTIPROC_ENV] = directory
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
     """The gateway's metric objects; labels are documented per metric."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess_dir: str | None = None
+    ) -> None:
+        if multiprocess_dir is not None:
+            enable_multiprocess(multiprocess_dir)
+        self.multiprocess_dir = multiprocess_dir
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge(
             f"{PREFIX}_connections",
             "Open client connections.",
-            ["namespace", "transport"],
+            ["gateway_namespace", "transport"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.connects = Counter(
             f"{PREFIX}_connects_total",
             "Accepted connections.",
-            ["namespace", "transport"],
+            ["gateway_namespace", "transport"],
             registry=r,
         )
         self.refusals = Counter(
             f"{PREFIX}_refusals_total",
             "Handshakes refused before the upgrade, by HTTP status.",
-            ["namespace", "status"],
+            ["gateway_namespace", "status"],
             registry=r,
         )
         self.disconnects = Counter(
             f"{PREFIX}_disconnects_total",
             "Closed connections, by close code.",
-            ["namespace", "code"],
+            ["gateway_namespace", "code"],
             registry=r,
         )
         self.frames_in = Counter(
-            f"{PREFIX}_frames_in_total", "Frames received from clients.", ["namespace"], registry=r
+            f"{PREFIX}_frames_in_total",
+            "Frames received from clients.",
+            ["gateway_namespace"],
+            registry=r,
         )
         self.frames_out = Counter(
-            f"{PREFIX}_frames_out_total", "Frames written to clients.", ["namespace"], registry=r
+            f"{PREFIX}_frames_out_total",
+            "Frames written to clients.",
+            ["gateway_namespace"],
+            registry=r,
         )
         self.events = Counter(
             f"{PREFIX}_events_total",
@@ -96,21 +138,76 @@ class Metrics:
             registry=r,
         )
         self.bindings = Gauge(
-            f"{PREFIX}_bindings", "Routing-key bindings in place on the backbone.", registry=r
+            f"{PREFIX}_bindings",
+            "Routing-key bindings in place on the backbone (summed over workers).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.binding_operations = Counter(
+            f"{PREFIX}_binding_operations_total",
+            "Batched bind / unbind calls made to the backbone, by operation.",
+            ["operation"],
+            registry=r,
         )
         self.backbone_ready = Gauge(
-            f"{PREFIX}_backbone_ready", "1 while the backbone is connected.", registry=r
+            f"{PREFIX}_backbone_ready",
+            "1 while the backbone is connected (with several workers: every worker).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.draining = Gauge(
+            f"{PREFIX}_draining",
+            "1 once SIGTERM started the drain.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.workers = Gauge(
+            f"{PREFIX}_worker_processes",
+            "Serving worker processes (1 per process, summed over live workers).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.backbone_reconnects = Counter(
             f"{PREFIX}_backbone_reconnects_total", "Backbone reconnections.", registry=r
         )
         self.delivery_lag = Histogram(
             f"{PREFIX}_delivery_lag_seconds",
-            "Time from the event's timestamp to its fan-out.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "Time from the event's timestamp (AMQP timestamp, or publish time) to the moment "
+            "its frames are queued for the sockets.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "How late the event loop woke a timer: time the loop spent busy elsewhere.",
+            buckets=LAG_BUCKETS,
             registry=r,
         )
 
     def exposition(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every worker, in that mode)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        return collect_multiprocess(self.multiprocess_dir)
+
+
+def collect_multiprocess(directory: str) -> bytes:
+    """The exposition of the values every process wrote to `directory`, added up."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def forget_process(directory: str, pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay in the totals)."""
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def worker_restarts_counter(directory: str) -> Counter:
+    """The supervisor's one metric, written to the workers' multiprocess directory."""
+    enable_multiprocess(directory)
+    return Counter(
+        WORKER_RESTARTS,
+        "Worker processes restarted by the supervisor after they died (GATEWAY_WORKERS > 1).",
+        registry=None,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from service.monitor import refresh_gauges
 from service.transports.context import GATEWAY
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,8 +29,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
     gateway = request.app[GATEWAY]
-    gateway.metrics.backbone_ready.set(1 if gateway.node.backbone.ready else 0)
-    gateway.metrics.bindings.set(len(gateway.node.bindings.bound))
+    refresh_gauges(gateway.node, gateway.metrics)
     body = gateway.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 

@@ -100,5 +100,6 @@ async def test_metrics_count_connections_and_deliveries(gateway: Gateway) -> Non
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
-    assert 'realtime_gateway_connections{namespace="notifications",transport="ws"} 1.0' in text
+    connections = 'realtime_gateway_connections{gateway_namespace="notifications",transport="ws"}'
+    assert f"{connections} 1.0" in text
     assert 'realtime_gateway_deliveries_total{kind="user"} 1.0' in text

@@ -175,8 +175,8 @@ async def test_join_registers_and_binds_before_returning(
     session = await join(node, NOTE, "42")
     assert session in node.hub
     assert {"notification.user.42", "notification.broadcast"} <= backbone.bindings
-    assert sample(node, "connections", namespace="notifications", transport="ws") == 1
-    assert sample(node, "connects_total", namespace="notifications", transport="ws") == 1
+    assert sample(node, "connections", gateway_namespace="notifications", transport="ws") == 1
+    assert sample(node, "connects_total", gateway_namespace="notifications", transport="ws") == 1
 
 
 async def test_new_session_uses_the_send_queue_limit(make_node: NodeFactory) -> None:
@@ -193,11 +193,11 @@ async def test_leave_unregisters_and_counts_the_close(node: Node) -> None:
     session.close(CloseCode.SLOW_CONSUMER, "slow")
     node.leave(session, CloseCode.SLOW_CONSUMER)
     assert session not in node.hub
-    assert sample(node, "connections", namespace="notifications", transport="ws") == 0
-    assert sample(node, "disconnects_total", namespace="notifications", code="4008") == 1
+    assert sample(node, "connections", gateway_namespace="notifications", transport="ws") == 0
+    assert sample(node, "disconnects_total", gateway_namespace="notifications", code="4008") == 1
     assert sample(node, "slow_consumer_closes_total") == 1
     node.leave(session, CloseCode.SLOW_CONSUMER)  # idempotent: counted once
-    assert sample(node, "disconnects_total", namespace="notifications", code="4008") == 1
+    assert sample(node, "disconnects_total", gateway_namespace="notifications", code="4008") == 1
 
 
 async def test_process_connection_limit_refuses_with_503(make_node: NodeFactory) -> None:
@@ -267,7 +267,7 @@ async def test_join_whose_bindings_fail_is_refused_with_503_and_undone(
     assert (info.value.status, info.value.code) == (503, "unavailable")
     assert len(node.hub) == 0
     assert node.hub.connections_of("42") == 0
-    assert sample(node, "connections", namespace="notifications", transport="ws") == 0
+    assert sample(node, "connections", gateway_namespace="notifications", transport="ws") == 0
 
 
 # -- downstream -------------------------------------------------------------------------------
