@@ -5,6 +5,11 @@ awaits socket I/O. One writer task per connection, owned by the transport, drain
 with `next_batch()` and writes the frames. When the bytes waiting in the buffer would exceed
 `send_queue_bytes`, the session is closed at once with 4008 (slow consumer) and its queued
 frames are dropped: one slow client never holds memory or time that others need.
+
+A transport whose wire format is not the native JSON frame gives the session an `encoder`
+(bytes → bytes) that `push()` applies before counting the bytes. The hub pushes the same
+frame object to every target, so an encoder that remembers its last input encodes each event
+once per transport, not once per socket (see `service.transports.socketio`).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from collections.abc import Callable
 
 from service.errors import CloseCode
 from service.model import Namespace, Principal
+
+FrameEncoder = Callable[[bytes], bytes]
 
 
 class Session:
@@ -28,6 +36,7 @@ class Session:
         "_wake",
         "close_code",
         "close_reason",
+        "encoder",
         "explicit",
         "id",
         "namespace",
@@ -45,11 +54,13 @@ class Session:
         send_queue_bytes: int,
         transport: str = "ws",
         session_id: str | None = None,
+        encoder: FrameEncoder | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.principal = principal
         self.namespace = namespace
         self.transport = transport
+        self.encoder = encoder
         self._limit = send_queue_bytes
         self._frames: deque[bytes] = deque()
         self._pending_bytes = 0
@@ -82,6 +93,8 @@ class Session:
         """Queue one frame. False when closed, or when it overflowed (and closed) the session."""
         if self.close_code is not None:
             return False
+        if self.encoder is not None:
+            frame = self.encoder(frame)
         size = len(frame)
         if self._pending_bytes + size > self._limit:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound buffer overflow")
