@@ -75,6 +75,7 @@ TRANSPORT = "socketio"
 PATH = "/socket.io/"
 CLOSE_TIMEOUT_S = 5.0  # how long a WebSocket closing handshake may take
 ABORT_AFTER_S = 5.0  # how long a closed client's requests may stay in flight before the abort
+CONNECT_TIMEOUT_S = 45.0  # an Engine.IO session that joined no namespace by then is closed
 # Codes that end one namespace connection; every other code ends the Engine.IO connection.
 NAMESPACE_CLOSES = frozenset(
     {CloseCode.NORMAL, CloseCode.POLICY, CloseCode.TOKEN_EXPIRED, CloseCode.RATE_LIMITED}
@@ -199,7 +200,9 @@ class _WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request = environ["aiohttp.request"]
         self._sock = web.WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size,
+            # aiohttp refuses a message whose size reaches max_msg_size; a packet of exactly
+            # GATEWAY_MAX_MESSAGE_BYTES is accepted, as on native sockets.
+            max_msg_size=self.server.max_http_buffer_size + 1,
             compress=False,
             timeout=CLOSE_TIMEOUT_S,
         )
@@ -210,11 +213,22 @@ class _WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
 
 
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
-    """AsyncServer with two hooks the public API lacks (see the module docstring)."""
+    """AsyncServer with the hooks the public API lacks (see the module docstring)."""
 
-    def __init__(self, after_connect: Callable[[str, str], Awaitable[None]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        after_connect: Callable[[str, str], Awaitable[None]],
+        on_engine_open: Callable[[str], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._after_connect = after_connect
+        self._on_engine_open = on_engine_open
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        result = await super()._handle_eio_connect(eio_sid, environ)
+        self._on_engine_open(eio_sid)
+        return result
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
@@ -243,6 +257,7 @@ class SocketIOTransport:
         heartbeat_s = self._config.heartbeat_s
         self.sio = _Server(
             self._after_connect,
+            self._on_engine_open,
             async_mode="aiohttp",
             namespaces="*",  # unknown namespaces get a connect_error with code not_found
             async_handlers=False,  # one event at a time per client, as on a native socket
@@ -265,8 +280,10 @@ class SocketIOTransport:
         self._starting: dict[tuple[str, str], _Conn] = {}
         self._engine_close: dict[str, tuple[int, str]] = {}
         self._inflight = _InFlight()
-        self._writers: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.abort_after_s = ABORT_AFTER_S
+        self.connect_timeout_s = CONNECT_TIMEOUT_S
+        self._joined: dict[str, bool] = {}  # Engine.IO sessions younger than the timeout
 
     def __len__(self) -> int:
         """Open Socket.IO namespace connections."""
@@ -289,6 +306,25 @@ class SocketIOTransport:
                 self._inflight.discard(transport)
 
     # -- connect -------------------------------------------------------------------------
+
+    def _on_engine_open(self, eio_sid: str) -> None:
+        """A new Engine.IO session: it must join a namespace within the connect timeout.
+
+        The process limit counts sessions (namespace connections), so without this a client
+        could hold any number of bare Engine.IO sessions (socket.io's own server does the
+        same with its `connectTimeout`).
+        """
+        self._joined[eio_sid] = False
+        asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_joined, eio_sid)
+
+    def _check_joined(self, eio_sid: str) -> None:
+        if self._joined.pop(eio_sid, True):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.close_engine(eio_sid, CloseCode.POLICY, "no namespace joined in time")
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_connect(
         self, sio_namespace: str, sid: str, environ: dict[str, Any], auth: Any = None
@@ -360,11 +396,13 @@ class SocketIOTransport:
                 await self.sio.manager.disconnect(conn.sid, sio_namespace, ignore_queue=True)
                 return
             self._conns[conn.sid] = conn
+            if eio_sid in self._joined:
+                self._joined[eio_sid] = True
             conn.writer = asyncio.get_running_loop().create_task(
                 self._run(conn), name=f"socketio-writer-{conn.session.id}"
             )
-            self._writers.add(conn.writer)
-            conn.writer.add_done_callback(self._writers.discard)
+            self._tasks.add(conn.writer)
+            conn.writer.add_done_callback(self._tasks.discard)
             log.info("connected", engine=socket_transport(socket))
 
     # -- client events -------------------------------------------------------------------
@@ -374,6 +412,8 @@ class SocketIOTransport:
         if conn is None:
             return self.sio.not_handled
         session = conn.session
+        if session.closed:  # closing: like a native socket, read nothing more
+            return self.sio.not_handled
         with structlog.contextvars.bound_contextvars(**conn.log_context):
             self._metrics.frames_in.labels(session.namespace, TRANSPORT).inc()
             verdict = conn.limiter.check()
@@ -509,10 +549,10 @@ class SocketIOTransport:
     async def shutdown(self) -> None:
         """Stop python-socketio's background task and whatever writers are left."""
         await self.sio.shutdown()
-        for task in list(self._writers):
+        for task in list(self._tasks):
             task.cancel()
-        if self._writers:
-            await asyncio.wait(list(self._writers), timeout=CLOSE_TIMEOUT_S)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT_S)
 
 
 def socket_transport(socket: Any) -> str:

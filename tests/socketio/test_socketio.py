@@ -407,6 +407,49 @@ async def test_websocket_is_not_compressed(start_gateway: GatewayFactory) -> Non
     await ws.close()
 
 
+async def test_packet_size_limit_is_inclusive(start_gateway: GatewayFactory) -> None:
+    limit = 2048
+    gateway = await start_gateway(max_message_bytes=limit)
+    ws = await gateway.client.ws_connect("/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str(timeout=5)).startswith("0{")
+    await ws.send_str("40/notifications," + orjson.dumps({"token": mint("42")}).decode())
+    assert (await ws.receive_str(timeout=5)).startswith("40/notifications,")
+
+    def packet(size: int) -> str:
+        head, tail = '42/notifications,["notification_read",{"id":"', '"}]'
+        return head + "x" * (size - len(head) - len(tail)) + tail
+
+    await ws.send_str(packet(limit))  # accepted: answered with an error event (id too long)
+    answer = await ws.receive_str(timeout=5)
+    assert answer.startswith('42/notifications,["error",'), answer[:80]
+    await ws.send_str(packet(limit + 1))
+    closing = await ws.receive(timeout=5)
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert closing.data == 1009
+
+
+async def test_engine_sessions_must_join_a_namespace_in_time(
+    start_gateway: GatewayFactory,
+) -> None:
+    gateway = await start_gateway()
+    transport = gateway.app[SOCKETIO]
+    transport.connect_timeout_s = 0.3
+    base = "/socket.io/?EIO=4&transport=polling"
+    idle = orjson.loads((await (await gateway.client.get(base)).text())[1:])["sid"]
+    joined = orjson.loads((await (await gateway.client.get(base)).text())[1:])["sid"]
+    connect = "40/notifications," + orjson.dumps({"token": mint("42")}).decode()
+    await gateway.client.post(f"{base}&sid={joined}", data=connect)
+    assert (await (await gateway.client.get(f"{base}&sid={joined}")).text()).startswith("40/")
+
+    # The idle one's pending long-poll is answered with a CLOSE packet when the time is up.
+    async with asyncio.timeout(5):
+        closed = await (await gateway.client.get(f"{base}&sid={idle}")).text()
+    assert closed == "1"
+    assert idle not in transport.sio.eio.sockets or transport.sio.eio.sockets[idle].closed
+    assert not transport.sio.eio.sockets[joined].closed
+    assert len(gateway.node.hub) == 1
+
+
 # -- slow consumers -----------------------------------------------------------------------
 #
 # One client stops reading while events keep coming. The healthy client is awaited event by
