@@ -231,9 +231,11 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
         return result
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
-        # The CONNECT (or CONNECT_ERROR) answer is queued now: events may follow it.
-        await self._after_connect(eio_sid, namespace or "/")
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            # The CONNECT (or CONNECT_ERROR) answer is queued now: events may follow it.
+            await self._after_connect(eio_sid, namespace or "/")
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
@@ -332,7 +334,10 @@ class SocketIOTransport:
         name = sio_namespace.lstrip("/")
         try:
             session = await self._admit(name, environ, auth)
-        except Refused as exc:
+        except Exception as exc:
+            if not isinstance(exc, Refused):
+                log.exception("connect_failed", transport=TRANSPORT, namespace=name)
+                exc = Refused(500, "internal", "internal error")
             self._metrics.refusals.labels(name, TRANSPORT, str(exc.status)).inc()
             log.info("refused", transport=TRANSPORT, namespace=name, status=exc.status)
             raise SocketIORefused(exc.message, {"code": exc.code, "status": exc.status}) from None
@@ -389,7 +394,8 @@ class SocketIOTransport:
             return  # refused
         with structlog.contextvars.bound_contextvars(**conn.log_context):
             socket = self.sio.eio.sockets.get(eio_sid)
-            if socket is None or socket.closing or socket.closed:
+            connected = self.sio.manager.is_connected(conn.sid, sio_namespace)
+            if socket is None or socket.closing or socket.closed or not connected:
                 # The client left while the connection was being admitted: python-socketio
                 # saw no namespace to disconnect, so this one is ours to undo.
                 self._node.leave(conn.session)

@@ -4,9 +4,10 @@
 
 Starts a gateway (embedded backbone) on a free loopback port, opens CLIENTS sockets of one
 kind in one Node process (tests/socketio/load.mjs), publishes EVENTS broadcasts of ~1 KB at
-200/s and prints what the clients measured, with the gateway process's CPU time per delivery (the
-clients run on the same cores, so latencies include their share). Needs the socket.io-client the tests install
-(run the Socket.IO tests once). Bounded: loopback only, stops by itself.
+200/s and prints what the clients measured, with the gateway process's CPU time per delivery
+(the clients run on the same cores, so latencies include their share). Needs the
+socket.io-client the tests install (run the Socket.IO tests once). Bounded: loopback only,
+stops by itself.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ async def run(kind: str, clients: int, events: int) -> dict[str, object]:
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "SIO_NODE_MODULES": str(MODULES)},
     )
-    assert node.stdin is not None and node.stdout is not None
+    assert node.stdin is not None
+    assert node.stdout is not None
     tokens = [mint(f"u{i}") for i in range(clients)]
     config = {"url": f"http://127.0.0.1:{port}", "kind": kind, "tokens": tokens, "expect": events}
     node.stdin.write(orjson.dumps(config) + b"\n")
