@@ -18,7 +18,7 @@ from service.metrics import Metrics
 from service.monitor import LoopMonitor, refresh_gauges
 from service.node import Limits, Node
 from service.transports import demo as demo_http
-from service.transports import health, http_api, ws
+from service.transports import health, http_api, socketio, ws
 from service.transports.context import GATEWAY, Gateway
 
 SHUTDOWN_SETTLE_S = 3.0
@@ -84,6 +84,7 @@ def create_app(
     app.cleanup_ctx.append(_run_node)
     app.on_shutdown.append(_close_sockets)
     ws.add_routes(app)
+    socketio.add_routes(app)
     health.add_routes(app)
     http_api.add_routes(app)
     if config.demo:

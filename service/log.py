@@ -85,6 +85,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # aio-pika and aiormq are chatty at info during reconnects; their warnings still show.
-    for noisy in ("aiormq", "aio_pika"):
+    # aio-pika and aiormq are chatty at info during reconnects, python-socketio and
+    # Engine.IO log every packet at info; their warnings still show.
+    for noisy in ("aiormq", "aio_pika", "socketio", "engineio"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))

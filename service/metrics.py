@@ -1,5 +1,7 @@
 """Every Prometheus metric of the gateway, defined in one place.
 
+Per-connection metrics carry a `transport` label: `ws` (native) or `socketio`.
+
 Metrics live in a registry owned by the app (no process-global state), so tests can build
 many apps in one process and read exact values.
 
@@ -68,26 +70,26 @@ class Metrics:
         )
         self.refusals = Counter(
             f"{PREFIX}_refusals_total",
-            "Handshakes refused before the upgrade, by HTTP status.",
-            ["gateway_namespace", "status"],
+            "Handshakes refused, by HTTP status (Socket.IO: the status in connect_error data).",
+            ["gateway_namespace", "transport", "status"],
             registry=r,
         )
         self.disconnects = Counter(
             f"{PREFIX}_disconnects_total",
             "Closed connections, by close code.",
-            ["gateway_namespace", "code"],
+            ["gateway_namespace", "transport", "code"],
             registry=r,
         )
         self.frames_in = Counter(
             f"{PREFIX}_frames_in_total",
-            "Frames received from clients.",
-            ["gateway_namespace"],
+            "Frames (Socket.IO: events) received from clients.",
+            ["gateway_namespace", "transport"],
             registry=r,
         )
         self.frames_out = Counter(
             f"{PREFIX}_frames_out_total",
-            "Frames written to clients.",
-            ["gateway_namespace"],
+            "Frames (Socket.IO: events) written to clients.",
+            ["gateway_namespace", "transport"],
             registry=r,
         )
         self.events = Counter(

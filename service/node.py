@@ -33,7 +33,7 @@ from service.lastvalue import LastValueCache
 from service.metrics import Metrics
 from service.model import ClientMessage, Event, Namespace, Principal
 from service.routing import KeyKind
-from service.session import Outbox, Session
+from service.session import FrameEncoder, Outbox, Session
 
 log = structlog.get_logger(__name__)
 
@@ -178,15 +178,21 @@ class Node:
             raise Refused(429, "too_many_connections", "too many connections for this user")
 
     def new_session(
-        self, principal: Principal, namespace: Namespace, transport: str = "ws"
+        self,
+        principal: Principal,
+        namespace: Namespace,
+        transport: str = "ws",
+        *,
+        encoder: FrameEncoder | None = None,
     ) -> Session:
-        """A session with this node's outbound buffer limit."""
+        """A session with this node's outbound buffer limit (`encoder`: see Session)."""
         return Session(
             principal=principal,
             namespace=namespace,
             send_queue_bytes=self.limits.send_queue_bytes,
             transport=transport,
             outbox=self.outbox,
+            encoder=encoder,
         )
 
     async def join(self, session: Session) -> None:
@@ -221,7 +227,7 @@ class Node:
             self._idle.set()
         if was_joined and code is not None:
             self.metrics.connections.labels(session.namespace, session.transport).dec()
-            self.metrics.disconnects.labels(session.namespace, str(code)).inc()
+            self.metrics.disconnects.labels(session.namespace, session.transport, str(code)).inc()
             if code == CloseCode.SLOW_CONSUMER:
                 self.metrics.slow_consumers.inc()
 

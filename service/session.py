@@ -14,6 +14,11 @@ awaits socket I/O. Frames leave the buffer in one of two ways, chosen by the tra
 When the bytes waiting (queued here plus, with a sink, held in the transport) would exceed
 `send_queue_bytes`, the session is closed at once with 4008 (slow consumer) and its queued
 frames are dropped: one slow client never holds memory or time that others need.
+
+A transport whose wire format is not the native JSON frame gives the session an `encoder`
+(bytes → bytes) that `push()` applies before counting the bytes. The hub pushes the same
+frame object to every target, so an encoder that remembers its last input encodes each event
+once per transport, not once per socket (see `service.transports.socketio`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from service.errors import CloseCode
 from service.model import Namespace, Principal
 
+FrameEncoder = Callable[[bytes], bytes]
 #: Writes a session's frames (in order) and returns the bytes still buffered downstream.
 Sink = Callable[[list[bytes]], int]
 SLOW_CONSUMER_REASON = "slow consumer: outbound buffer overflow"
@@ -76,6 +82,7 @@ class Session:
         "_wake",
         "close_code",
         "close_reason",
+        "encoder",
         "explicit",
         "id",
         "namespace",
@@ -94,11 +101,13 @@ class Session:
         transport: str = "ws",
         session_id: str | None = None,
         outbox: Outbox | None = None,
+        encoder: FrameEncoder | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.principal = principal
         self.namespace = namespace
         self.transport = transport
+        self.encoder = encoder
         self._limit = send_queue_bytes
         self._frames: list[bytes] = []
         self._pending_bytes = 0
@@ -159,6 +168,8 @@ class Session:
         """Queue one frame. False when closed, or when it overflowed (and closed) the session."""
         if self.close_code is not None:
             return False
+        if self.encoder is not None:
+            frame = self.encoder(frame)
         pending = self._pending_bytes + len(frame)
         if pending + self._downstream > self._limit:
             self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER_REASON)

@@ -41,6 +41,11 @@ def check_origin(origin: str | None, allowed: tuple[str, ...]) -> bool:
 def authenticate(gateway: Gateway, request: web.Request, namespace: Namespace) -> Principal:
     """The principal of a handshake; raises Refused(401) for a missing or invalid token."""
     token = bearer_token(request.headers.get("Authorization")) or request.query.get("access_token")
+    return principal_for_token(gateway, token, namespace)
+
+
+def principal_for_token(gateway: Gateway, token: str | None, namespace: Namespace) -> Principal:
+    """The principal a handshake token names (any transport); Refused(401) when it names none."""
     if not token:
         if namespace in gateway.config.public_namespaces:
             return Principal(sub=None)
@@ -79,7 +84,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         session = gateway.node.new_session(principal, namespace, "ws")
         await gateway.node.join(session)
     except Refused as exc:
-        gateway.metrics.refusals.labels(name, str(exc.status)).inc()
+        gateway.metrics.refusals.labels(name, "ws", str(exc.status)).inc()
         return error_response(exc.status, exc.code, exc.message)
     try:
         await ws.prepare(request)
@@ -117,10 +122,10 @@ async def _serve(
         while not session.closed:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:
-                gateway.metrics.frames_in.labels(session.namespace).inc()
+                gateway.metrics.frames_in.labels(session.namespace, "ws").inc()
                 await _on_text(node, session, limiter, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                gateway.metrics.frames_in.labels(session.namespace).inc()
+                gateway.metrics.frames_in.labels(session.namespace, "ws").inc()
                 _reply_error(node, session, ErrorCode.BAD_REQUEST, "binary frames are not accepted")
             else:  # CLOSE / CLOSING / CLOSED / ERROR: aiohttp has answered already
                 if msg.type is WSMsgType.ERROR:
@@ -262,7 +267,7 @@ def _frames_out(gateway: Gateway, session: Session) -> _Counter:
     counters = gateway.ws_frames_out
     counter = counters.get(session.namespace)
     if counter is None:
-        counter = _Counter(gateway.metrics.frames_out.labels(session.namespace))
+        counter = _Counter(gateway.metrics.frames_out.labels(session.namespace, "ws"))
         counters[session.namespace] = counter
     return counter
 

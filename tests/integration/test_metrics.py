@@ -84,13 +84,25 @@ async def test_counters_match_the_traffic(start_gateway: GatewayFactory) -> None
     assert value(samples, f"{P}_slow_consumer_closes_total") == 1
     assert value(samples, f"{P}_events_total", kind="user") == 2
     assert (
-        value(samples, f"{P}_refusals_total", gateway_namespace="notifications", status="401") == 1
+        value(
+            samples,
+            f"{P}_refusals_total",
+            gateway_namespace="notifications",
+            transport="ws",
+            status="401",
+        )
+        == 1
     )
     assert value(samples, f"{P}_client_errors_total", code="unknown_event") == 1
     assert value(samples, f"{P}_upstream_publishes_total", result="confirmed") == 1
     assert value(samples, f"{P}_published_total", result="ok") == 3
-    assert value(samples, f"{P}_frames_in_total", gateway_namespace="notifications") == 1
-    assert value(samples, f"{P}_frames_in_total", gateway_namespace="dashboard") == 1
+    assert (
+        value(samples, f"{P}_frames_in_total", gateway_namespace="notifications", transport="ws")
+        == 1
+    )
+    assert (
+        value(samples, f"{P}_frames_in_total", gateway_namespace="dashboard", transport="ws") == 1
+    )
     assert value(samples, f"{P}_delivery_lag_seconds_count") == 3
     assert value(samples, f"{P}_binding_operations_total", operation="bind") >= 1
     assert value(samples, f"{P}_draining") == 0

@@ -194,10 +194,28 @@ async def test_leave_unregisters_and_counts_the_close(node: Node) -> None:
     node.leave(session, CloseCode.SLOW_CONSUMER)
     assert session not in node.hub
     assert sample(node, "connections", gateway_namespace="notifications", transport="ws") == 0
-    assert sample(node, "disconnects_total", gateway_namespace="notifications", code="4008") == 1
+    assert (
+        sample(
+            node,
+            "disconnects_total",
+            gateway_namespace="notifications",
+            transport="ws",
+            code="4008",
+        )
+        == 1
+    )
     assert sample(node, "slow_consumer_closes_total") == 1
     node.leave(session, CloseCode.SLOW_CONSUMER)  # idempotent: counted once
-    assert sample(node, "disconnects_total", gateway_namespace="notifications", code="4008") == 1
+    assert (
+        sample(
+            node,
+            "disconnects_total",
+            gateway_namespace="notifications",
+            transport="ws",
+            code="4008",
+        )
+        == 1
+    )
 
 
 async def test_process_connection_limit_refuses_with_503(make_node: NodeFactory) -> None:

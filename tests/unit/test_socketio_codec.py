@@ -1,0 +1,93 @@
+"""Socket.IO packets from native frames, and encoding once per transport. No I/O."""
+
+from __future__ import annotations
+
+import orjson
+
+from service import codec, routing
+from service.hub import Hub
+from service.model import Namespace, Principal
+from service.session import Session
+from service.transports.socketio import PacketEncoder, SocketIOFrame
+
+
+def _args(packet: bytes, prefix: bytes) -> object:
+    assert packet.startswith(prefix), packet[:40]
+    return orjson.loads(packet[len(prefix) :])
+
+
+def test_event_packet_embeds_the_native_frame() -> None:
+    frame = codec.encode_event("dashboard_update", {"v": 1}, "id-1", 5, topic="sales")
+    packet = codec.socketio_event_packet("dashboard", frame)
+    assert _args(packet, b"2/dashboard,") == ["dashboard_update", orjson.loads(frame)]
+    assert frame in packet  # embedded as it is, not serialised again
+
+
+def test_event_names_that_need_escaping_still_make_valid_packets() -> None:
+    for name in ['say "hi"', "back\\slash", "é", "tab\t"]:
+        frame = codec.encode_event(name, None, "i", 1)
+        packet = codec.socketio_event_packet("notifications", frame)
+        assert _args(packet, b"2/notifications,") == [name, orjson.loads(frame)]
+
+
+def test_frames_not_built_by_the_codec_are_parsed() -> None:
+    frame = orjson.dumps({"data": 1, "event": "late_key"})
+    packet = codec.socketio_event_packet("dashboard", frame)
+    assert _args(packet, b"2/dashboard,") == ["late_key", {"data": 1, "event": "late_key"}]
+
+
+def test_ack_packet() -> None:
+    packet = codec.socketio_ack_packet("notifications", 12, {"id": "n"})
+    assert packet == b'3/notifications,12[{"id":"n"}]'
+
+
+def _session(encoder: PacketEncoder | None, user: str, budget: int = 1 << 20) -> Session:
+    return Session(
+        principal=Principal(sub=user),
+        namespace=Namespace.NOTIFICATIONS,
+        send_queue_bytes=budget,
+        transport="socketio" if encoder else "ws",
+        encoder=encoder,
+    )
+
+
+async def test_fanout_encodes_once_per_transport_not_once_per_socket() -> None:
+    hub = Hub()
+    encoder = PacketEncoder(Namespace.NOTIFICATIONS)
+    sio = [_session(encoder, str(n)) for n in range(3)]
+    native = _session(None, "native")
+    for session in [*sio, native]:
+        hub.add(session)
+    route = routing.parse(routing.BROADCAST_KEY)
+    assert route is not None
+    frame = codec.encode_event("notification_new", {"n": 1}, "id", 1, offset=1)
+
+    assert hub.fanout(route, frame) == (4, 0)
+
+    assert encoder.encoded == 1
+    batches = [await s.next_batch() for s in sio]
+    assert all(b is not None and len(b) == 1 for b in batches)
+    packets = [b[0] for b in batches if b]
+    assert all(p is packets[0] for p in packets)  # one object shared by every socket
+    assert isinstance(packets[0], SocketIOFrame)
+    assert packets[0].packet.encode() == "4" + packets[0].decode()
+    assert await native.next_batch() == [frame]
+
+
+def test_the_budget_counts_the_encoded_packet() -> None:
+    encoder = PacketEncoder(Namespace.NOTIFICATIONS)
+    frame = codec.encode_event("notification_new", "x" * 100, "id", 1)
+    encoded = len(codec.socketio_event_packet("notifications", frame))
+    session = _session(encoder, "1", budget=encoded * 2)
+    assert session.push(frame)
+    assert session.pending_bytes == encoded
+    assert session.push(frame)
+    assert not session.push(frame)
+    assert session.close_code == 4008
+
+
+def test_socketio_frames_pass_through_the_encoder() -> None:
+    encoder = PacketEncoder(Namespace.DASHBOARD)
+    ack = SocketIOFrame.of(codec.socketio_ack_packet("dashboard", 1, None))
+    assert encoder(ack) is ack
+    assert encoder.encoded == 0
