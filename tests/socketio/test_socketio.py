@@ -371,7 +371,8 @@ async def test_metrics_and_sessions_label_the_transport(
         'realtime_gateway_connections{gateway_namespace="notifications",transport="ws"} 1.0' in text
     )
     assert (
-        'realtime_gateway_frames_out_total{gateway_namespace="notifications",transport="socketio"} 1.0'
+        "realtime_gateway_frames_out_total"
+        '{gateway_namespace="notifications",transport="socketio"} 1.0'
     ) in text
 
     session = next(s for s in gateway.node.hub.sessions() if s.transport == "socketio")
