@@ -44,7 +44,7 @@ def build_authenticator(config: Config) -> Authenticator:
 def build_backbone(config: Config, metrics: Metrics) -> Backbone:
     """The embedded backbone when no AMQP URL is set, else RabbitMQ (imported lazily)."""
     if not config.amqp_url:
-        return MemoryBackbone()
+        return MemoryBackbone(window_s=config.recovery_window_s)
     raise ConfigError("GATEWAY_AMQP_URL", "the RabbitMQ backbone is not built yet")
 
 

@@ -5,6 +5,10 @@ awaits socket I/O. One writer task per connection, owned by the transport, drain
 with `next_batch()` and writes the frames. When the bytes waiting in the buffer would exceed
 `send_queue_bytes`, the session is closed at once with 4008 (slow consumer) and its queued
 frames are dropped: one slow client never holds memory or time that others need.
+
+While a notifications client resumes (recovery, contract §3), `hold()` diverts `push()` into
+a side list that counts against the same byte budget; `release()` hands those frames back so
+the recovery can merge them after the replay, in offset order, without duplicates.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class Session:
     __slots__ = (
         "_closed",
         "_frames",
+        "_held",
+        "_held_bytes",
         "_limit",
         "_pending_bytes",
         "_wake",
@@ -53,6 +59,8 @@ class Session:
         self._limit = send_queue_bytes
         self._frames: deque[bytes] = deque()
         self._pending_bytes = 0
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self.close_code: int | None = None
@@ -75,21 +83,44 @@ class Session:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes queued and not yet taken by the writer."""
-        return self._pending_bytes
+        """Bytes queued or held, and not yet taken by the writer."""
+        return self._pending_bytes + self._held_bytes
+
+    @property
+    def held(self) -> bool:
+        """True while `push()` is diverted into the held list."""
+        return self._held is not None
 
     def push(self, frame: bytes) -> bool:
-        """Queue one frame. False when closed, or when it overflowed (and closed) the session."""
+        """Queue one frame. False when closed, or when it overflowed (and closed) the session.
+
+        While held, the frame goes to the held list instead, under the same byte budget.
+        """
         if self.close_code is not None:
             return False
         size = len(frame)
-        if self._pending_bytes + size > self._limit:
+        if self._pending_bytes + self._held_bytes + size > self._limit:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound buffer overflow")
             return False
+        if self._held is not None:
+            self._held.append(frame)
+            self._held_bytes += size
+            return True
         self._frames.append(frame)
         self._pending_bytes += size
         self._wake.set()
         return True
+
+    def hold(self) -> None:
+        """Divert `push()` into a held list until `release()` (idempotent)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> list[bytes]:
+        """Stop holding; returns the held frames, oldest first, for the caller to push."""
+        held, self._held = self._held or [], None
+        self._held_bytes = 0
+        return held
 
     def close(self, code: int, reason: str) -> None:
         """Ask the transport to close with `code`; the first request wins. Drops queued frames."""
@@ -98,7 +129,9 @@ class Session:
         self.close_code = code
         self.close_reason = reason
         self._frames.clear()
-        self._pending_bytes = 0
+        if self._held is not None:
+            self._held = []
+        self._pending_bytes = self._held_bytes = 0
         self._wake.set()
         self._closed.set()
 

@@ -15,12 +15,15 @@ Guarantees every implementation gives (tests/contract/test_backbone.py checks th
 - `publish_upstream` returns only once the event is safely taken (broker confirm).
 - Notification events (`notification.*` keys) carry an `offset`, growing with every
   notification the backbone carries, the same on every instance; None where unsupported.
+
+A backbone that keeps the notifications it carried for a while, so that reconnecting clients
+can recover what they missed (contract §3), also implements `NotificationLog`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Protocol, runtime_checkable
 
 from service.model import Event
 
@@ -62,4 +65,44 @@ class Backbone(Protocol):
 
     async def publish_upstream(self, routing_key: str, body: bytes) -> None:
         """Publish a client event to the upstream exchange and wait for the confirm."""
+        ...
+
+
+@runtime_checkable
+class NotificationLog(Protocol):
+    """The history of notifications a backbone carried, by offset (contract §3, recovery).
+
+    Guarantees:
+
+    - Offsets are consecutive integers: every notification the backbone carries, whatever
+      its routing key (`notification.user.<id>`, `notification.broadcast`), takes the next
+      one, so a missing offset always means a notification that was lost to retention.
+    - The log holds at least every notification of the last `window_s` seconds (it may hold
+      more, and may hold less only when a size bound cut it: replays then report the gap).
+    - `last_offset` only grows, and every notification up to it has reached `on_event` on this
+      instance (or was not bound here): a reader that starts now and reads up to it misses
+      nothing that live delivery has not shown this instance already.
+    """
+
+    @property
+    def last_offset(self) -> int:
+        """The offset of the last notification delivered to this instance (0 before any)."""
+        ...
+
+    async def wait_offset(self, offset: int, timeout_s: float) -> bool:
+        """Wait until `last_offset >= offset`; False if that does not happen in time.
+
+        An offset above `last_offset` is either one another instance has delivered already
+        (this one lags a little) or one from another history; a log that cannot lag (the
+        embedded one) answers False at once.
+        """
+        ...
+
+    def replay(self, since: int, until: int) -> AsyncIterator[Event]:
+        """Yield the held notifications with `since < offset <= until`, in offset order.
+
+        Notifications lost to retention are skipped without notice: the caller detects the
+        gap from the first offset it gets. Raises BackboneUnavailable when the log cannot be
+        read now. Each call is one reader: callers coalesce concurrent replays.
+        """
         ...
