@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from service import codec, routing
-from service.backbone.base import Backbone, NotificationLog
+from service.backbone.base import Backbone, history_of
 from service.bindings import Bindings
 from service.errors import (
     AuthError,
@@ -92,7 +92,7 @@ class Node:
         self.hub = hub or Hub()
         self.lastvalue = lastvalue or LastValueCache()
         self.recovery = recovery or Recovery(
-            backbone if isinstance(backbone, NotificationLog) else None,
+            history_of(backbone),
             metrics=self.metrics,
             max_replay_bytes=self.limits.send_queue_bytes // 2,
         )

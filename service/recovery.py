@@ -289,13 +289,14 @@ class Recovery:
         try:
             async with asyncio.timeout(self.timeout_s):
                 count = 0
-                async for event in history.replay(since, until):
-                    if first is None:
-                        first = event.offset
-                    self._dispatch(event, batch, by_user)
-                    count += 1
-                    if count % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
+                async with contextlib.aclosing(history.replay(since, until)) as events:
+                    async for event in events:
+                        if first is None:
+                            first = event.offset
+                        self._dispatch(event, batch, by_user)
+                        count += 1
+                        if count % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)
         except (TimeoutError, BackboneUnavailable) as exc:
             outcome = "failed"
             log.warning("history_read_failed", error=repr(exc), since=since, until=until)

@@ -17,12 +17,13 @@ Guarantees every implementation gives (tests/contract/test_backbone.py checks th
   notification the backbone carries, the same on every instance; None where unsupported.
 
 A backbone that keeps the notifications it carried for a while, so that reconnecting clients
-can recover what they missed (contract §3), also implements `NotificationLog`.
+can recover what they missed (contract §3), offers them as its `history` attribute, a
+`NotificationLog` (None or absent: no recovery; see `history_of`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable, Collection
 from typing import Protocol, runtime_checkable
 
 from service.model import Event
@@ -82,6 +83,9 @@ class NotificationLog(Protocol):
     - `last_offset` only grows, and every notification up to it has reached `on_event` on this
       instance (or was not bound here): a reader that starts now and reads up to it misses
       nothing that live delivery has not shown this instance already.
+    - An entry the log holds that is not a usable notification (a message some publisher put
+      there by mistake) is yielded by `replay` with an empty routing key, so the offsets a
+      reader sees stay consecutive; callers skip it.
     """
 
     @property
@@ -98,7 +102,7 @@ class NotificationLog(Protocol):
         """
         ...
 
-    def replay(self, since: int, until: int) -> AsyncIterator[Event]:
+    def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
         """Yield the held notifications with `since < offset <= until`, in offset order.
 
         Notifications lost to retention are skipped without notice: the caller detects the
@@ -106,3 +110,9 @@ class NotificationLog(Protocol):
         read now. Each call is one reader: callers coalesce concurrent replays.
         """
         ...
+
+
+def history_of(backbone: object) -> NotificationLog | None:
+    """The backbone's notification log (its `history` attribute), or None when it keeps none."""
+    history = getattr(backbone, "history", None)
+    return history if isinstance(history, NotificationLog) else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass, replace
 
 from service import routing
@@ -115,6 +115,11 @@ class MemoryBackbone:
     # -- NotificationLog ------------------------------------------------------------------
 
     @property
+    def history(self) -> MemoryBackbone:
+        """This backbone is its own notification log."""
+        return self
+
+    @property
     def last_offset(self) -> int:
         return self._last_offset
 
@@ -122,7 +127,7 @@ class MemoryBackbone:
         # One instance cannot lag behind itself: a larger offset is from another history.
         return offset <= self._last_offset
 
-    async def replay(self, since: int, until: int) -> AsyncIterator[Event]:
+    async def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
         self._check()
         offset = since + 1
         while offset <= until:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.backbone.base import NotificationLog
+from service.backbone.base import NotificationLog, history_of
 from service.backbone.memory import MemoryBackbone
 from service.model import Event
 
@@ -22,7 +22,9 @@ class Harness:
 
     def __init__(self, backbone: Any) -> None:
         self.backbone = backbone
-        self.log: NotificationLog = backbone
+        history = history_of(backbone)
+        assert history is not None
+        self.log: NotificationLog = history
         self.delivered: list[Event] = []
         self.arrived = asyncio.Event()
 
