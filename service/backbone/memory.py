@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 
 from service import routing
 from service.backbone.base import OnEvent
+from service.backbone.history import MAX_ENTRIES, RecentLog
 from service.errors import BackboneUnavailable
 from service.model import Event
 
 UPSTREAM_LOG_SIZE = 10_000
-HISTORY_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class MemoryBackbone:
         *,
         upstream_log_size: int = UPSTREAM_LOG_SIZE,
         window_s: float = 600.0,
-        history_max: int = HISTORY_MAX,
+        history_max: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_event: OnEvent | None = None
@@ -52,11 +52,7 @@ class MemoryBackbone:
         self._patterns: set[str] = set()  # the bindings with `*` or `#`, matched word by word
         self._available = True
         self._last_offset = 0
-        self._window_s = window_s
-        self._clock = clock
-        # (arrival time, event) in offset order; offsets are consecutive, so the event with
-        # offset o sits at index o - (offset of the first entry).
-        self._history: deque[tuple[float, Event]] = deque(maxlen=max(history_max, 1))
+        self._history = RecentLog(window_s=window_s, max_entries=history_max, clock=clock)
         self.upstream: deque[UpstreamRecord] = deque(maxlen=upstream_log_size)
         self._upstream_listeners: list[Callable[[UpstreamRecord], None]] = []
 
@@ -107,8 +103,7 @@ class MemoryBackbone:
         if event.routing_key.startswith("notification."):
             self._last_offset += 1
             event = replace(event, offset=self._last_offset)
-            self._history.append((self._clock(), event))
-            self._expire()
+            self._history.append(event)
         if self._on_event is not None and self._is_bound(event.routing_key):
             self._on_event(event)
 
@@ -129,24 +124,8 @@ class MemoryBackbone:
 
     async def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
         self._check()
-        offset = since + 1
-        while offset <= until:
-            self._expire()
-            if not self._history:
-                return
-            first = self._history[0][1].offset or 0
-            offset = max(offset, first)
-            index = offset - first
-            if offset > until or index >= len(self._history):
-                return
-            yield self._history[index][1]
-            offset += 1
-
-    def _expire(self) -> None:
-        horizon = self._clock() - self._window_s
-        history = self._history
-        while history and history[0][0] < horizon:
-            history.popleft()
+        for event in self._history.read(since, until):
+            yield event
 
     async def publish_upstream(self, routing_key: str, body: bytes) -> None:
         self._check()

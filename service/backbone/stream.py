@@ -18,10 +18,15 @@ Used by the RabbitMQ backbone (`service/backbone/amqp.py`) when the recovery win
   after a reconnect it starts at the offset after the last one it delivered, so a broker blip
   loses no notification. Entries at or below that offset (RabbitMQ starts a consumer at the
   beginning of a chunk) are skipped.
-- Replay: a short-lived consumer on a channel of its own, from the entry after `since`,
-  cancelled as soon as it passed `until`. Its memory is bounded by the prefetch (acks are sent
-  as entries are taken). The recovery coalesces replays, so a reconnect storm opens a handful
-  of these, never one per client.
+- Replay: from memory when it can be. The instance keeps the recent tail of the stream that
+  its live consumer saw (`RecentLog`, bounded by the window and `recent_entries`), so a client
+  that was away for a short while is served without touching the broker. Older entries (from
+  before this instance started, typically: the reconnect storm after a restart) are read by a
+  short-lived consumer on a channel of its own, from the entry after `since`, cancelled as soon
+  as it passed what memory holds; what it read is added to the front of the tail (when it
+  fits), so the next replay of that range is served from memory too. Its memory is bounded by
+  the prefetch and `recent_entries`. The recovery coalesces replays, so a reconnect storm opens
+  one or two of these per instance, never one per client.
 
 Consuming a stream over AMQP 0-9-1 costs about 10,000 messages per second per consumer with
 aiormq on one core (docs/performance.md): it bounds both the notification rate one instance
@@ -44,6 +49,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from service.backbone.base import OnEvent
+from service.backbone.history import RecentLog
 from service.errors import BackboneUnavailable
 from service.model import Event
 
@@ -54,6 +60,7 @@ NOTIFICATIONS_PATTERN = "notification.#"
 OFFSET_HEADER = "x-stream-offset"
 SEGMENT_BYTES = 8 << 20
 MAX_BYTES = 1 << 30
+RECENT_ENTRIES = 20_000
 CLOSE_TIMEOUT_S = 5.0
 
 #: Turns one delivered stream entry into an Event (offset not set), or None when unusable.
@@ -83,6 +90,7 @@ class NotificationStream:
         prefetch: int = 1000,
         segment_bytes: int = SEGMENT_BYTES,
         max_bytes: int = MAX_BYTES,
+        recent_entries: int = RECENT_ENTRIES,
     ) -> None:
         self.name = name
         self.exchange = exchange
@@ -93,6 +101,7 @@ class NotificationStream:
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
         self._last_offset = 0
+        self._recent = RecentLog(window_s=window_s, max_entries=recent_entries)
         self._attached_once = False
         self._connection: AbstractConnection | None = None
         self._live: AbstractChannel | None = None
@@ -141,8 +150,11 @@ class NotificationStream:
                 event = self._decode(message)
                 if event is None:
                     self.skipped += 1
+                    event = Event("", "", None, "", 0)
                 else:
-                    on_event(replace(event, offset=offset))
+                    event = replace(event, offset=offset)
+                    on_event(event)
+                self._recent.append(replace(event, offset=offset))
                 self._advance(offset)
             pending += 1
             if pending >= self._ack_every:
@@ -216,6 +228,37 @@ class NotificationStream:
         return True
 
     async def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
+        offset = since
+        while offset < until:
+            first = self._recent.first_offset
+            if (
+                first is not None
+                and first <= offset + 1
+                and (self._recent.last_offset or 0) > offset
+            ):
+                for event in self._recent.read(offset, until):
+                    if event.offset != offset + 1:
+                        break  # evicted meanwhile: the rest comes from the stream
+                    yield event
+                    offset = event.offset
+                continue
+            # Older than what this instance holds (e.g. from before it started): the stream.
+            stop = until if first is None or first - 1 <= offset else min(until, first - 1)
+            older: list[Event] | None = []
+            async with contextlib.aclosing(self._read_stream(offset, stop)) as entries:
+                async for event in entries:
+                    yield event
+                    offset = event.offset or offset
+                    if older is not None:
+                        older.append(event)
+                        if len(older) > self._recent.max_entries:
+                            older = None  # too many to keep: served, not cached
+            if older:
+                self._recent.prepend(older)
+            offset = max(offset, stop)
+
+    async def _read_stream(self, since: int, until: int) -> AsyncGenerator[Event, None]:
+        """The entries `since < offset <= until`, read by a consumer of the stream."""
         connection = self._connection
         if connection is None or connection.is_closed:
             raise BackboneUnavailable("the notification stream is not attached")
@@ -255,10 +298,7 @@ class NotificationStream:
                 if offset > until:
                     return
                 event = self._decode(message)
-                if event is None:
-                    yield Event("", "", None, "", 0, offset=offset)
-                else:
-                    yield replace(event, offset=offset)
+                yield replace(event or Event("", "", None, "", 0), offset=offset)
                 if offset >= until:
                     return
         except _LINK_ERRORS as exc:
