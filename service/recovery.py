@@ -52,7 +52,7 @@ from service.session import Session
 log = structlog.get_logger(__name__)
 
 RESUME_GRACE_S = 0.25
-GATHER_S = 0.02  # a pass waits this long for more requests before it starts reading
+GATHER_S = 0.05  # a pass waits this long for more requests before it starts reading
 TIMEOUT_S = 15.0
 LAG_TIMEOUT_S = 2.0
 MAX_BATCH = 10_000
