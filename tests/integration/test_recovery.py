@@ -337,3 +337,23 @@ async def test_a_reconnect_storm_reads_the_log_a_few_times_not_once_per_client(
     assert "realtime_gateway_replayed_messages_total 300.0" in metrics
     assert "realtime_gateway_replay_duration_seconds_count 60.0" in metrics
     assert f'realtime_gateway_history_reads_total{{result="ok"}} {passes}.0' in metrics
+
+
+class ForgetfulBackbone(MemoryBackbone):
+    """An embedded backbone that keeps no history (as RabbitMQ with a window of 0)."""
+
+    @property
+    def history(self) -> None:  # type: ignore[override]
+        return None
+
+
+async def test_without_a_history_resume_says_not_recovered_and_live_is_immediate(
+    start_gateway: GatewayFactory,
+) -> None:
+    gateway = await start_gateway(backbone=ForgetfulBackbone())
+    ws = await gateway.connect("notifications", user="42", query={"since": "5"})
+    assert await until_resumed(ws) == ([], {"recovered": False, "replayed": 0})
+    gateway.node.recovery.resume_grace_s = 60.0  # would hold a minute, if it held at all
+    quiet = await gateway.connect("notifications", user="42")
+    await gateway.publish("notification.user.42", {"n": 1})
+    assert (await receive(quiet, within=2))["data"] == {"n": 1}
