@@ -140,8 +140,8 @@ async def publish(http: aiohttp.ClientSession, gateway: Gateway, key: str, data:
         return str((await resp.json())["id"])
 
 
-async def next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> Any:
-    msg = await ws.receive(timeout=timeout)
+async def next_frame(ws: aiohttp.ClientWebSocketResponse, within: float) -> Any:
+    msg = await ws.receive(timeout=within)
     if msg.type is not aiohttp.WSMsgType.TEXT:
         raise RuntimeError(f"unexpected {msg!r}")
     return msg.json()
