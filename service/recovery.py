@@ -13,10 +13,11 @@ reordering at the switch:
 3. When the replay is done: the replayed frames, `resumed`, then the held frames whose offset is
    above `until` (the others were replayed already), all pushed in one synchronous step.
 
-`recovered` is False when the log no longer reaches back to `since` (offsets are consecutive, so
-a first held offset above `since + 1` is a gap), when `since` is from another history (above
-every offset the backbone knows, once a lagging instance had a moment to catch up), when the
-replay would not fit in `max_replay_bytes`, or when the log cannot be read in `timeout_s`.
+`recovered` is False when the log no longer reaches back to `since` (the floor of what a
+replay read, above which nothing is missing, is above `since`), when `since` is from another
+history (above every offset the backbone knows, once a lagging instance had a moment to catch
+up), when the replay would not fit in `max_replay_bytes`, or when the log cannot be read in
+`timeout_s`.
 
 Replays are coalesced: one reader task per process reads the log from the lowest waiting
 `since`, and each notification it reads is encoded once and handed to every waiting session of
@@ -56,7 +57,6 @@ GATHER_S = 0.05  # a pass waits this long for more requests before it starts rea
 TIMEOUT_S = 15.0
 LAG_TIMEOUT_S = 2.0
 MAX_BATCH = 10_000
-YIELD_EVERY = 500  # events between two yields to the event loop during a pass
 MAX_OFFSET = 2**63 - 1
 
 
@@ -284,19 +284,13 @@ class Recovery:
         by_user: dict[str | None, list[_Request]] = {}
         for request in batch:
             by_user.setdefault(request.user_id, []).append(request)
-        first: int | None = None
+        floor = until
         outcome = "ok"
         try:
             async with asyncio.timeout(self.timeout_s):
-                count = 0
-                async with contextlib.aclosing(history.replay(since, until)) as events:
-                    async for event in events:
-                        if first is None:
-                            first = event.offset
-                        self._dispatch(event, batch, by_user)
-                        count += 1
-                        if count % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
+                floor = await history.replay(
+                    since, until, lambda event: self._dispatch(event, batch, by_user)
+                )
         except (TimeoutError, BackboneUnavailable) as exc:
             outcome = "failed"
             log.warning("history_read_failed", error=repr(exc), since=since, until=until)
@@ -304,9 +298,8 @@ class Recovery:
         for request in batch:
             if request.future.done():
                 continue
-            # Offsets are consecutive: the first one read tells what retention took.
-            reached = first is not None and first <= request.since + 1
-            recovered = outcome == "ok" and reached and not request.overflow
+            # Everything above the floor was read; a client at or above it missed nothing.
+            recovered = outcome == "ok" and request.since >= floor and not request.overflow
             request.future.set_result(Resumed(recovered, len(request.frames)))
 
     @staticmethod

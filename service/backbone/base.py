@@ -23,7 +23,7 @@ can recover what they missed (contract §3), offers them as its `history` attrib
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Protocol, runtime_checkable
 
 from service.model import Event
@@ -75,17 +75,14 @@ class NotificationLog(Protocol):
 
     Guarantees:
 
-    - Offsets are consecutive integers: every notification the backbone carries, whatever
-      its routing key (`notification.user.<id>`, `notification.broadcast`), takes the next
-      one, so a missing offset always means a notification that was lost to retention.
+    - Offsets grow with every notification the backbone carries, whatever its routing key
+      (`notification.user.<id>`, `notification.broadcast`), the same on every instance. They
+      need not be consecutive (a RabbitMQ stream spends some on its own bookkeeping).
     - The log holds at least every notification of the last `window_s` seconds (it may hold
-      more, and may hold less only when a size bound cut it: replays then report the gap).
+      more, and less only when a size bound cut it: `replay` then says so by its floor).
     - `last_offset` only grows, and every notification up to it has reached `on_event` on this
       instance (or was not bound here): a reader that starts now and reads up to it misses
       nothing that live delivery has not shown this instance already.
-    - An entry the log holds that is not a usable notification (a message some publisher put
-      there by mistake) is yielded by `replay` with an empty routing key, so the offsets a
-      reader sees stay consecutive; callers skip it.
     """
 
     @property
@@ -102,12 +99,14 @@ class NotificationLog(Protocol):
         """
         ...
 
-    def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
-        """Yield the held notifications with `since < offset <= until`, in offset order.
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        """Pass every held notification with `since < offset <= until` to `sink`, in order.
 
-        Notifications lost to retention are skipped without notice: the caller detects the
-        gap from the first offset it gets. Raises BackboneUnavailable when the log cannot be
-        read now. Each call is one reader: callers coalesce concurrent replays.
+        Returns the floor of what was read: every notification with an offset above it (up to
+        `until`) was passed. A floor at or below `since` means nothing after `since` was lost;
+        above it, retention took some (a client whose `since` is at or above the floor still
+        missed nothing). Raises BackboneUnavailable when the log cannot be read now. Each call
+        is one reader: callers coalesce concurrent replays.
         """
         ...
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from service import routing
@@ -122,10 +122,13 @@ class MemoryBackbone:
         # One instance cannot lag behind itself: a larger offset is from another history.
         return offset <= self._last_offset
 
-    async def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
         self._check()
+        floor = self._history.floor
+        # Synchronous: the log cannot change while it is read (bounded by history_max).
         for event in self._history.read(since, until):
-            yield event
+            sink(event)
+        return self._last_offset if floor is None else floor
 
     async def publish_upstream(self, routing_key: str, body: bytes) -> None:
         self._check()

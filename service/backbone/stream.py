@@ -10,21 +10,26 @@ Used by the RabbitMQ backbone (`service/backbone/amqp.py`) when the recovery win
   a size bound (`x-max-length-bytes`) against floods; a replay the size bound cut short answers
   `recovered: false`, which is the truth.
 - Offsets: the one a client sees is the stream's `x-stream-offset` + 1, so that 0 means
-  "before everything" (as with the embedded backbone, whose first offset is 1).
+  "before everything" (as with the embedded backbone, whose first offset is 1). They are not
+  consecutive: RabbitMQ spends an offset on a bookkeeping chunk at the start of every segment,
+  which AMQP consumers never see. So a gap proves nothing; what proves that nothing after
+  `since` was lost is that the entry `since` itself is still in the stream.
 - Live delivery: every gateway instance consumes the stream itself (prefetch, manual acks,
   `x-stream-offset`), so every live notification frame carries its offset, the same on every
   replica. The first attach starts at `last` (the last chunk: the instance learns the tail at
   once, so a client resuming right after a restart is served without waiting for traffic);
-  after a reconnect it starts at the offset after the last one it delivered, so a broker blip
-  loses no notification. Entries at or below that offset (RabbitMQ starts a consumer at the
-  beginning of a chunk) are skipped.
+  after a reconnect it starts at the last entry it delivered, so a broker blip loses no
+  notification (when that entry is gone, retention ran meanwhile, and the tail kept in memory is
+  dropped). Entries at or below it (RabbitMQ starts a consumer at the beginning of a chunk) are
+  skipped.
 - Replay: from memory when it can be. The instance keeps the recent tail of the stream that
   its live consumer saw (`RecentLog`, bounded by the window and `recent_entries`), so a client
   that was away for a short while is served without touching the broker. Older entries (from
   before this instance started, typically: the reconnect storm after a restart) are read by a
-  short-lived consumer on a channel of its own, from the entry after `since`, cancelled as soon
-  as it passed what memory holds; what it read is added to the front of the tail (when it
-  fits), so the next replay of that range is served from memory too. Its memory is bounded by
+  short-lived consumer on a channel of its own, from the entry `since` (the floor of the read is
+  `since` when that entry comes back, else the entry before the first one that does), cancelled
+  as soon as it reached what memory holds; what it read is added to the front of the tail (when
+  it fits), so the next replay of that range is served from memory too. Its memory is bounded by
   the prefetch and `recent_entries`. The recovery coalesces replays, so a reconnect storm opens
   one or two of these per instance, never one per client.
 
@@ -38,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -135,26 +140,33 @@ class NotificationStream:
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._prefetch)
         raw = await channel.get_underlay_channel()
-        if self._attached_once:
-            start: int | str = self._last_offset if self._last_offset else "first"
-        else:
-            start = "last"
         since = self._last_offset
+        start: int | str = "last"
+        if self._attached_once:
+            # From the last entry delivered (stream offset since - 1): when RabbitMQ still has
+            # it, it comes back first (filtered below) and nothing in between was lost.
+            start = since - 1 if since >= 1 else "first"
+        first_seen = not self._attached_once
         pending = 0
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             # Everything up to on_event runs before the first await: entries leave in order.
-            nonlocal pending
+            nonlocal pending, first_seen
             offset = entry_offset(message)
+            if offset is not None and not first_seen:
+                first_seen = True
+                if offset > since:
+                    # The last entry delivered is gone (retention ran while the broker was
+                    # out of reach): the tail in memory cannot be joined to what follows.
+                    self._recent.restart()
             if offset is not None and offset > max(since, self._last_offset):
                 event = self._decode(message)
                 if event is None:
                     self.skipped += 1
-                    event = Event("", "", None, "", 0)
                 else:
                     event = replace(event, offset=offset)
                     on_event(event)
-                self._recent.append(replace(event, offset=offset))
+                    self._recent.append(event)
                 self._advance(offset)
             pending += 1
             if pending >= self._ack_every:
@@ -227,43 +239,47 @@ class NotificationStream:
                 self._waiters.remove(entry)
         return True
 
-    async def replay(self, since: int, until: int) -> AsyncGenerator[Event, None]:
-        offset = since
-        while offset < until:
-            first = self._recent.first_offset
-            if (
-                first is not None
-                and first <= offset + 1
-                and (self._recent.last_offset or 0) > offset
-            ):
-                for event in self._recent.read(offset, until):
-                    if event.offset != offset + 1:
-                        break  # evicted meanwhile: the rest comes from the stream
-                    yield event
-                    offset = event.offset
-                continue
-            # Older than what this instance holds (e.g. from before it started): the stream.
-            stop = until if first is None or first - 1 <= offset else min(until, first - 1)
-            older: list[Event] | None = []
-            async with contextlib.aclosing(self._read_stream(offset, stop)) as entries:
-                async for event in entries:
-                    yield event
-                    offset = event.offset or offset
-                    if older is not None:
-                        older.append(event)
-                        if len(older) > self._recent.max_entries:
-                            older = None  # too many to keep: served, not cached
-            if older:
-                self._recent.prepend(older)
-            offset = max(offset, stop)
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        if since >= until:
+            return since
+        floor = self._recent.floor
+        if floor is not None and floor <= since:
+            # Served from memory, synchronously (the run cannot change meanwhile).
+            for event in self._recent.read(since, until):
+                sink(event)
+            return floor
+        # Older than what this instance holds (typically: from before it started).
+        stop = until if floor is None or floor >= until else floor
+        block: list[Event] | None = []
 
-    async def _read_stream(self, since: int, until: int) -> AsyncGenerator[Event, None]:
-        """The entries `since < offset <= until`, read by a consumer of the stream."""
+        def keep(event: Event) -> None:
+            nonlocal block
+            sink(event)
+            if block is not None:
+                block.append(event)
+                if len(block) > self._recent.max_entries:
+                    block = None  # too many to keep: served, not cached
+
+        read_floor = await self._read_stream(since, stop, keep)
+        if stop >= until:
+            if block and self._recent.floor is None and until >= self._last_offset:
+                self._recent.prepend(block, read_floor, until)  # starts the tail
+            return read_floor
+        current = self._recent.floor
+        if current is not None and current <= stop:
+            for event in self._recent.read(stop, until):
+                sink(event)
+            if block is not None:
+                self._recent.prepend(block, read_floor, stop)
+            return read_floor
+        # Memory moved on while the stream was read: the rest comes from the stream too.
+        return max(read_floor, await self._read_stream(stop, until, sink))
+
+    async def _read_stream(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        """Pass the entries `since < offset <= until` read by a stream consumer; the floor."""
         connection = self._connection
         if connection is None or connection.is_closed:
             raise BackboneUnavailable("the notification stream is not attached")
-        if since >= until:
-            return
         try:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=self._prefetch)
@@ -281,9 +297,13 @@ class NotificationStream:
         channel.close_callbacks.add(gone)
         raw.on_consumer_cancel_callbacks.add(gone)
         self.readers += 1
+        first: int | None = None
         try:
-            # Stream offset `since` is the client's offset since + 1: the first one wanted.
-            await raw.basic_consume(self.name, on_message, arguments={OFFSET_HEADER: since})
+            # Start at the entry `since` itself (stream offset since - 1): when it is still
+            # there, RabbitMQ delivers it (or its whole chunk), which proves that nothing
+            # after it is lost.
+            start: int | str = since - 1 if since >= 1 else "first"
+            await raw.basic_consume(self.name, on_message, arguments={OFFSET_HEADER: start})
             taken = 0
             while True:
                 message = await entries.get()
@@ -293,19 +313,28 @@ class NotificationStream:
                 if taken % self._ack_every == 0:
                     await _ack_through(raw, message)
                 offset = entry_offset(message)
-                if offset is None or offset <= since:
+                if offset is None:
+                    continue
+                if first is None:
+                    first = offset
+                if offset <= since:
                     continue
                 if offset > until:
-                    return
+                    break
                 event = self._decode(message)
-                yield replace(event or Event("", "", None, "", 0), offset=offset)
+                if event is not None:
+                    sink(replace(event, offset=offset))
                 if offset >= until:
-                    return
+                    break
         except _LINK_ERRORS as exc:
             raise BackboneUnavailable(f"stream reader failed: {exc!r}") from None
         finally:
             with contextlib.suppress(*_LINK_ERRORS, asyncio.CancelledError):
                 await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+        assert first is not None
+        # The first entry the stream still had: at or below `since`, nothing was lost;
+        # above it, everything from it on was read.
+        return since if first <= since else first - 1
 
 
 async def _ack_through(

@@ -41,8 +41,10 @@ class Harness:
         """Wait until this instance has seen `offset` (live delivery can lag)."""
         assert await self.log.wait_offset(offset, 5.0)
 
-    async def read(self, since: int, until: int) -> list[Event]:
-        return [event async for event in self.log.replay(since, until)]
+    async def read(self, since: int, until: int) -> tuple[list[Event], int]:
+        events: list[Event] = []
+        floor = await self.log.replay(since, until, events.append)
+        return events, floor
 
 
 @pytest.fixture(params=["memory"])
@@ -63,27 +65,35 @@ async def test_every_notification_takes_the_next_offset(harness: Harness) -> Non
         await harness.publish("notification.user.b", 3),
     ]
     await harness.settle(start + 3)
-    events = await harness.read(start, start + 3)
+    events, floor = await harness.read(start, start + 3)
     assert [e.id for e in events] == ids
-    assert [e.offset for e in events] == [start + 1, start + 2, start + 3]
-    assert [e.offset for e in harness.delivered[-3:]] == [start + 1, start + 2, start + 3]
+    offsets = [e.offset for e in events]
+    assert offsets == sorted(offsets)
+    assert offsets[0] > start
+    assert offsets[-1] == harness.log.last_offset
+    assert [e.offset for e in harness.delivered[-3:]] == offsets
+    assert floor <= start
 
 
 async def test_replay_is_bounded_on_both_sides(harness: Harness) -> None:
-    start = harness.log.last_offset
     for n in range(5):
         await harness.publish("notification.user.a", n)
-    await harness.settle(start + 5)
-    events = await harness.read(start + 1, start + 3)
-    assert [e.offset for e in events] == [start + 2, start + 3]
-    assert await harness.read(start + 5, start + 5) == []
+    await harness.settle(1)
+    every, _ = await harness.read(0, harness.log.last_offset)
+    offsets = [e.offset or 0 for e in every][-5:]
+    events, floor = await harness.read(offsets[0], offsets[2])
+    assert [e.offset for e in events] == offsets[1:3]
+    assert floor <= offsets[0]
+    events, floor = await harness.read(offsets[4], offsets[4])
+    assert events == []
+    assert floor <= offsets[4]
 
 
 async def test_events_keep_what_the_publisher_gave(harness: Harness) -> None:
     start = harness.log.last_offset
     ident = await harness.publish("notification.user.a", 7)
     await harness.settle(start + 1)
-    (event,) = await harness.read(start, start + 1)
+    (event,), _ = await harness.read(start, harness.log.last_offset)
     assert (event.routing_key, event.event, event.data, event.id) == (
         "notification.user.a",
         "notification_new",
@@ -103,7 +113,11 @@ async def test_memory_log_forgets_by_time_and_by_count() -> None:
     for n in range(5):
         await backbone.publish(Event("notification.user.a", "e", n, str(n), 1))
     await backbone.publish(Event("dashboard.sales", "dashboard_update", 0, "d", 1))
-    assert [e.offset async for e in backbone.replay(0, 5)] == [3, 4, 5]
+    events: list[Event] = []
+    assert await backbone.replay(0, 5, events.append) == 2
+    assert [e.offset for e in events] == [3, 4, 5]
     now[0] = 11
-    assert [e.offset async for e in backbone.replay(0, 5)] == []
+    events.clear()
+    assert await backbone.replay(0, 5, events.append) == 5
+    assert events == []
     assert backbone.last_offset == 5

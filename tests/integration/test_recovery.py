@@ -6,7 +6,7 @@ The same scenarios run against RabbitMQ in tests/integration/test_recovery_amqp.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -171,21 +171,21 @@ async def test_a_replay_larger_than_its_budget_is_not_recovered(
 
 
 class GatedBackbone(MemoryBackbone):
-    """An embedded backbone whose replays stop after their first event until `gate` is set."""
+    """An embedded backbone whose replays wait for `gate` after reading, as a slow log would."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
         self.replaying = asyncio.Event()
 
-    async def replay(self, since: int, until: int) -> AsyncIterator[Event]:
-        first = True
-        async for event in super().replay(since, until):
-            yield event
-            if first:
-                first = False
-                self.replaying.set()
-                await self.gate.wait()
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        events: list[Event] = []
+        floor = await super().replay(since, until, events.append)
+        self.replaying.set()
+        await self.gate.wait()
+        for event in events:
+            sink(event)
+        return floor
 
 
 async def test_notifications_published_during_the_replay_come_after_it_in_order(

@@ -1,4 +1,4 @@
-"""RecentLog: the bounded run of consecutive entries behind both backbones' histories."""
+"""RecentLog: the bounded run of entries behind both backbones' histories."""
 
 from __future__ import annotations
 
@@ -14,56 +14,72 @@ def offsets(log: RecentLog, since: int, until: int) -> list[int | None]:
     return [event.offset for event in log.read(since, until)]
 
 
-def test_reads_are_bounded_on_both_sides() -> None:
+def test_reads_are_bounded_on_both_sides_and_offsets_may_skip() -> None:
     log = RecentLog(window_s=60)
-    for n in range(1, 6):
+    for n in (1, 2, 4, 5, 9):
         log.append(entry(n))
-    assert offsets(log, 0, 5) == [1, 2, 3, 4, 5]
-    assert offsets(log, 2, 4) == [3, 4]
-    assert offsets(log, 5, 9) == []
-    assert (log.first_offset, log.last_offset) == (1, 5)
+    assert offsets(log, 0, 9) == [1, 2, 4, 5, 9]
+    assert offsets(log, 2, 5) == [4, 5]
+    assert offsets(log, 3, 8) == [4, 5]
+    assert offsets(log, 9, 20) == []
+    assert (log.floor, log.last_offset) == (0, 9)
 
 
-def test_time_and_count_bounds() -> None:
+def test_time_and_count_bounds_raise_the_floor() -> None:
     now = [0.0]
     log = RecentLog(window_s=10, max_entries=3, clock=lambda: now[0])
     for n in range(1, 6):
         log.append(entry(n))
     assert offsets(log, 0, 5) == [3, 4, 5]
+    assert log.floor == 2
     now[0] = 5
     log.append(entry(6))
     now[0] = 10.5  # 3, 4, 5 arrived at 0: gone; 6 at 5 stays
     assert offsets(log, 0, 6) == [6]
-    assert log.first_offset == 6
+    assert log.floor == 5
     now[0] = 100
-    assert log.first_offset is None
+    assert log.floor == 6
     assert len(log) == 0
+    log.append(entry(7))  # the run goes on: nothing was lost in between
+    assert (log.floor, offsets(log, 6, 7)) == (6, [7])
 
 
-def test_an_entry_that_does_not_follow_starts_a_new_run() -> None:
+def test_an_entry_that_does_not_grow_starts_a_new_run() -> None:
     log = RecentLog(window_s=60)
-    log.append(entry(1))
-    log.append(entry(2))
-    log.append(entry(7))
-    assert offsets(log, 0, 10) == [7]
-
-
-def test_prepend_extends_backwards_only_when_contiguous_and_within_the_bound() -> None:
-    log = RecentLog(window_s=60, max_entries=4)
     log.append(entry(5))
-    log.append(entry(6))
-    assert not log.prepend([entry(2), entry(3)])  # 4 is missing
-    assert log.prepend([entry(1), entry(2), entry(3), entry(4)])
-    assert offsets(log, 0, 10) == [3, 4, 5, 6]  # the newest that fit
-    assert not log.prepend([])
+    log.append(entry(3))
+    assert offsets(log, 0, 10) == [3]
+    assert log.floor == 2
+    log.restart()
+    assert log.floor is None
+    log.append(entry(8))
+    assert log.floor == 7
 
 
-def test_reading_while_appending_sees_every_entry_once() -> None:
+def test_prepend_joins_an_older_run_only_without_a_hole() -> None:
+    log = RecentLog(window_s=60, max_entries=4)
+    log.append(entry(10))
+    log.append(entry(11))
+    assert log.floor == 9
+    assert not log.prepend([entry(6), entry(7)], 5, 8)  # (8, 9] unknown: a hole
+    assert log.prepend([entry(6), entry(7), entry(9)], 5, 9)
+    assert offsets(log, 0, 20) == [7, 9, 10, 11]  # the newest that fit
+    assert log.floor == 6
+    assert not log.prepend([entry(1)], 0, 3)
+
+
+def test_compaction_keeps_every_entry_reachable() -> None:
     log = RecentLog(window_s=60, max_entries=100)
-    log.append(entry(1))
-    seen = []
-    for event in log.read(0, 5):
-        seen.append(event.offset)
-        if event.offset is not None and event.offset < 5:
-            log.append(entry(event.offset + 1))
-    assert seen == [1, 2, 3, 4, 5]
+    for n in range(1, 10_001):
+        log.append(entry(n))
+    assert offsets(log, 9_950, 9_953) == [9_951, 9_952, 9_953]
+    assert log.floor == 9_900
+    assert len(log) == 100
+
+
+def test_prepend_starts_a_run_when_there_is_none() -> None:
+    log = RecentLog(window_s=60)
+    assert log.prepend([entry(3), entry(5)], 2, 6)
+    assert (log.floor, offsets(log, 0, 9)) == (2, [3, 5])
+    log.append(entry(8))
+    assert offsets(log, 2, 9) == [3, 5, 8]
