@@ -4,19 +4,23 @@
     .venv/bin/python scripts/recovery_storm.py [--clients 2000] [--users 500] [--missed 3]
         [--amqp-url amqp://guest:guest@127.0.0.1:5672/] [--concurrency 200]
 
-1. Starts gateway A (a subprocess on a free loopback port; with --amqp-url, gateway B too, on
-   the same broker, with exchange and stream names of this run).
+1. Starts gateway A (a subprocess on a free loopback port; with --amqp-url, on exchange and
+   stream names of this run).
 2. Connects `--clients` notifications clients to A (user `u<i mod users>`), publishes one
    broadcast, and every client keeps the offset it saw.
-3. The clients drop: with RabbitMQ, A is killed (a pod restart); embedded, they just close.
-4. `--missed` notifications per user are published (through B with RabbitMQ, else A).
-5. The storm: every client reconnects at once (at most `--concurrency` handshakes in flight,
-   as the listen backlog would otherwise drop SYNs) with `since`, to B with RabbitMQ (another
-   replica than before) or to A. Each must get exactly its user's missed notifications, in
-   order, then `resumed` with recovered true; then a broadcast reaches all of them live.
-6. Prints the figures: time to the last `resumed`, latency percentiles, passes over the history
-   (`realtime_gateway_history_reads_total`), replayed messages, and with RabbitMQ the most
-   consumers the broker showed on the stream (sampled with rabbitmqctl).
+3. The clients drop: with RabbitMQ, A is killed (the pod restarts); embedded, they just close.
+4. `--missed` notifications per user are published (with RabbitMQ straight to the exchange, as
+   a service does while no gateway runs; embedded, through A).
+5. With RabbitMQ, gateway B starts now (the restarted pod: nothing of the missed notifications
+   in its memory, and another replica than the one the clients knew).
+6. The storm: every client reconnects at once (at most `--concurrency` handshakes in flight,
+   as the listen backlog would otherwise drop SYNs) with `since`, to B (or A, embedded). Each
+   must get exactly its user's missed notifications, in order, then `resumed` with recovered
+   true; then a broadcast reaches all of them live.
+7. Prints the figures: time to the last `resumed`, latency from each client's handshake to its
+   `resumed` (and from the start of the storm, queueing included), passes over the history,
+   stream readers the gateway opened, replayed messages, and with RabbitMQ the most consumers
+   the broker showed on the stream (sampled with rabbitmqctl).
 
 Everything is bounded: loopback only, `--timeout` seconds at most, every process killed at the
 end, the run's exchanges and stream deleted.
@@ -67,14 +71,18 @@ class Gateway:
         self.base = f"http://127.0.0.1:{self.port}"
         self.ws_base = f"ws://127.0.0.1:{self.port}"
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+            # Not PYTHONASYNCIODEBUG: any non-empty value (even "0") turns debug mode on.
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("GATEWAY_") and k != "PYTHONASYNCIODEBUG"
+            },
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(self.port),
             "GATEWAY_JWT_SECRET": SECRET,
             "GATEWAY_API_KEYS": API_KEY,
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_INSTANCE_ID": f"storm-{name}-{uuid.uuid4().hex[:6]}",
-            "PYTHONASYNCIODEBUG": "0",
             **env,
         }
         self.proc: asyncio.subprocess.Process | None = None
@@ -125,7 +133,8 @@ class Client:
     offset: int = 0
     frames: list[Any] = field(default_factory=list)
     resumed: dict[str, Any] | None = None
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # handshake start to `resumed`
+    done_s: float = 0.0  # storm start to `resumed`
     ws: aiohttp.ClientWebSocketResponse | None = None
 
 
@@ -157,7 +166,7 @@ class StreamConsumers:
         self._task: asyncio.Task[None] | None = None
         self.ctl = shutil.which("rabbitmqctl")
 
-    def _sample(self) -> int | None:
+    def sample(self) -> int | None:
         assert self.ctl is not None
         done = subprocess.run(
             [self.ctl, "-q", "list_queues", "-p", self.vhost, "name", "consumers"],
@@ -174,7 +183,7 @@ class StreamConsumers:
 
     async def _run(self) -> None:
         while True:
-            value = await asyncio.to_thread(self._sample)
+            value = await asyncio.to_thread(self.sample)
             if value is not None:
                 self.samples.append(value)
             await asyncio.sleep(0.05)
@@ -204,7 +213,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     first = Gateway("a", env)
     second = Gateway("b", env) if args.amqp_url else first
-    gateways = [first] if second is first else [first, second]
+    gateways = [first]
     clients = [
         Client(user=f"u{i % args.users}", token=auth.mint(f"u{i % args.users}", ttl_s=3600))
         for i in range(args.clients)
@@ -255,30 +264,47 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             missed: dict[str, list[str]] = {}
             sem = asyncio.Semaphore(50)
 
+            direct = await _Direct.open(args.amqp_url, env) if args.amqp_url else None
+
             async def miss(user: str, n: int) -> None:
+                key = f"notification.user.{user}"
                 async with sem:
-                    ident = await publish(http, second, f"notification.user.{user}", {"n": n})
+                    if direct is not None:
+                        ident = await direct.publish(key, {"n": n})
+                    else:
+                        ident = await publish(http, first, key, {"n": n})
                 missed.setdefault(user, []).append(ident)
 
             for n in range(args.missed):  # in order per user
                 await asyncio.gather(*(miss(f"u{u}", n) for u in range(args.users)))
+            if direct is not None:
+                await direct.close()
+            if second is not first:
+                gateways.append(second)
+                await second.start()
 
             # 5: the storm.
             if consumers is not None:
+                baseline = await asyncio.to_thread(consumers.sample)
+                report["stream_consumers_before"] = baseline
                 consumers.start()
             before = await second.metrics(http)
 
             async def resume(client: Client) -> None:
-                t0 = time.perf_counter()
-                await connect(client, second, client.offset)
-                assert client.ws is not None
-                while True:
-                    frame = await next_frame(client.ws, args.timeout)
-                    if frame["event"] == "resumed":
-                        client.resumed = frame["data"]
-                        break
-                    client.frames.append(frame)
-                client.latency_s = time.perf_counter() - t0
+                params = {"access_token": client.token, "since": str(client.offset)}
+                async with gate:
+                    t0 = time.perf_counter()
+                    client.ws = await http.ws_connect(
+                        f"{second.ws_base}/ws/notifications", params=params, heartbeat=None
+                    )
+                    while True:
+                        frame = await next_frame(client.ws, args.timeout)
+                        if frame["event"] == "resumed":
+                            client.resumed = frame["data"]
+                            break
+                        client.frames.append(frame)
+                    client.latency_s = time.perf_counter() - t0
+                client.done_s = time.perf_counter() - storm_start
 
             storm_start = time.perf_counter()
             async with asyncio.timeout(args.timeout):
@@ -303,6 +329,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 and [f["id"] for f in c.frames] == missed[c.user]
             )
             latencies = sorted(c.latency_s for c in clients)
+            done = sorted(c.done_s for c in clients)
+            duration = "realtime_gateway_replay_duration_seconds"
+            replay_s = _delta(after, before, f"{duration}_sum")
+            replays = _delta(after, before, f"{duration}_count")
             report |= {
                 "storm_s": round(storm_s, 2),
                 "resumed": sum(1 for c in clients if c.resumed is not None),
@@ -311,17 +341,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "latency_p50_s": round(statistics.median(latencies), 3),
                 "latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
                 "latency_max_s": round(latencies[-1], 3),
+                "since_storm_p50_s": round(statistics.median(done), 3),
+                "server_replay_mean_s": round(replay_s / max(1.0, replays), 4),
                 "history_passes": _delta(after, before, "realtime_gateway_history_reads_total"),
                 "replayed_messages": _delta(
                     after, before, "realtime_gateway_replayed_messages_total"
                 ),
+                "stream_readers": _delta(after, before, "realtime_gateway_stream_readers_total"),
                 "not_recovered": _delta(
                     after, before, 'realtime_gateway_replays_total{recovered="false"}'
                 ),
             }
             if consumers is not None:
                 report["stream_consumers_max"] = max(consumers.samples, default=None)
-                report["stream_consumer_samples"] = len(consumers.samples)
+                report["stream_consumer_samples"] = consumers.samples
             await asyncio.gather(*(c.ws.close() for c in clients if c.ws is not None))
     finally:
         for gateway in gateways:
@@ -329,6 +362,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.amqp_url:
             await _cleanup(args.amqp_url, tag, stream)
     return report
+
+
+class _Direct:
+    """A plain AMQP publisher, as a service publishing while no gateway runs."""
+
+    def __init__(self, connection: Any, exchange: Any) -> None:
+        self.connection = connection
+        self.exchange = exchange
+
+    @classmethod
+    async def open(cls, url: str, env: dict[str, str]) -> _Direct:
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            env["GATEWAY_EXCHANGE"], aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        return cls(connection, exchange)
+
+    async def publish(self, key: str, data: Any) -> str:
+        import aio_pika
+
+        ident = uuid.uuid4().hex
+        body = json.dumps({"data": data}).encode()
+        message = aio_pika.Message(body, content_type="application/json", message_id=ident)
+        await self.exchange.publish(message, key)
+        return ident
+
+    async def close(self) -> None:
+        await self.connection.close()
 
 
 def _delta(after: dict[str, float], before: dict[str, float], prefix: str) -> float:

@@ -136,6 +136,12 @@ class Metrics:
             registry=r,
         )
 
+        self.stream_readers = Counter(
+            f"{PREFIX}_stream_readers_total",
+            "Consumers opened on the RabbitMQ notification stream to replay older entries.",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

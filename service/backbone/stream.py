@@ -96,6 +96,7 @@ class NotificationStream:
         segment_bytes: int = SEGMENT_BYTES,
         max_bytes: int = MAX_BYTES,
         recent_entries: int = RECENT_ENTRIES,
+        on_reader: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.exchange = exchange
@@ -111,7 +112,8 @@ class NotificationStream:
         self._connection: AbstractConnection | None = None
         self._live: AbstractChannel | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.readers = 0  # replay consumers opened since start (tests, the storm script)
+        self.readers = 0  # replay consumers opened since start
+        self._on_reader = on_reader
         self.skipped = 0  # entries that were not usable notifications
 
     @property
@@ -297,6 +299,8 @@ class NotificationStream:
         channel.close_callbacks.add(gone)
         raw.on_consumer_cancel_callbacks.add(gone)
         self.readers += 1
+        if self._on_reader is not None:
+            self._on_reader()
         first: int | None = None
         try:
             # Start at the entry `since` itself (stream offset since - 1): when it is still

@@ -7,34 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
-import aiohttp
 import pytest
 
 from service.backbone.memory import MemoryBackbone
 from service.model import Event
 from tests.conftest import Gateway, GatewayFactory, mint, nothing_arrives, receive, request
-
-
-async def until_resumed(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[Any], Any]:
-    """The frames before `resumed`, and the `resumed` data."""
-    frames: list[Any] = []
-    async with asyncio.timeout(10):
-        while True:
-            frame = await receive(ws)
-            if frame["event"] == "resumed":
-                return frames, frame["data"]
-            frames.append(frame)
-
-
-async def last_offset_seen(gateway: Gateway, user: str) -> int:
-    """Connect, receive one notification, disconnect: the offset a client would keep."""
-    ws = await gateway.connect("notifications", user=user)
-    await gateway.publish(f"notification.user.{user}", {"n": 0})
-    frame = await receive(ws)
-    await ws.close()
-    return int(frame["offset"])
+from tests.integration.recovery_helpers import last_offset_seen, until_resumed
 
 
 async def test_reconnect_with_since_gets_exactly_what_it_missed_then_resumed_then_live(
