@@ -293,6 +293,9 @@ class Recovery:
         except (TimeoutError, BackboneUnavailable) as exc:
             outcome = "failed"
             log.warning("history_read_failed", error=repr(exc), since=since, until=until)
+        except Exception:
+            outcome = "failed"
+            log.exception("history_read_crashed", since=since, until=until)
         self.metrics.history_reads.labels(outcome).inc()
         for request in batch:
             if request.future.done():

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from service.backbone.memory import MemoryBackbone
+from service.errors import BackboneUnavailable
 from service.model import Event
 from tests.conftest import Gateway, GatewayFactory, mint, nothing_arrives, receive, request
 from tests.integration.recovery_helpers import last_offset_seen, until_resumed
@@ -336,3 +337,30 @@ async def test_without_a_history_resume_says_not_recovered_and_live_is_immediate
     quiet = await gateway.connect("notifications", user="42")
     await gateway.publish("notification.user.42", {"n": 1})
     assert (await receive(quiet, within=2))["data"] == {"n": 1}
+
+
+class BrokenBackbone(MemoryBackbone):
+    """An embedded backbone whose history cannot be read."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [BackboneUnavailable("down"), RuntimeError("bug")])
+async def test_a_history_that_cannot_be_read_answers_at_once_not_recovered(
+    start_gateway: GatewayFactory, error: Exception
+) -> None:
+    backbone = BrokenBackbone(error)
+    gateway = await start_gateway(backbone=backbone)
+    since = await last_offset_seen(gateway, "42")
+    await gateway.publish("notification.user.42", {"n": 1})
+    ws = await gateway.connect("notifications", user="42", query={"since": str(since)})
+    assert await until_resumed(ws) == ([], {"recovered": False, "replayed": 0})
+    after = await gateway.publish("notification.user.42", {"n": 2})
+    assert (await receive(ws))["id"] == after
+    metrics = (await (await gateway.client.get("/metrics")).read()).decode()
+    assert 'realtime_gateway_history_reads_total{result="failed"} 1.0' in metrics
