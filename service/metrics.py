@@ -135,7 +135,6 @@ class Metrics:
             ["result"],
             registry=r,
         )
-
         self.stream_readers = Counter(
             f"{PREFIX}_stream_readers_total",
             "Consumers opened on the RabbitMQ notification stream to replay older entries.",

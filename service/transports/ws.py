@@ -74,11 +74,11 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         if not check_origin(request.headers.get("Origin"), gateway.config.allowed_origins):
             raise Refused(403, "forbidden", "origin not allowed")
         principal = authenticate(gateway, request, namespace)
-        if namespace is Namespace.NOTIFICATIONS and "since" in request.query:
-            since = resume_offset(request.query["since"])
         gateway.node.check_admission(principal, namespace)
         if not ws.can_prepare(request).ok:
             raise Refused(400, "bad_request", "expected a WebSocket upgrade")
+        if namespace is Namespace.NOTIFICATIONS and "since" in request.query:
+            since = resume_offset(request.query["since"])
         session = gateway.node.new_session(principal, namespace, "ws")
         await gateway.node.join(session)
     except Refused as exc:
