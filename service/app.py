@@ -47,7 +47,7 @@ def build_authenticator(config: Config) -> Authenticator:
 def build_backbone(config: Config, metrics: Metrics) -> Backbone:
     """The embedded backbone when no AMQP URL is set, else RabbitMQ (imported lazily)."""
     if not config.amqp_url:
-        return MemoryBackbone()
+        return MemoryBackbone(window_s=config.recovery_window_s)
     from service.backbone.amqp import AmqpBackbone  # the only aio_pika user, loaded on demand
 
     return AmqpBackbone.from_config(config, metrics)

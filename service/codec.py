@@ -75,6 +75,14 @@ def encode_plain(event: str, data: Any) -> bytes:
     return orjson.dumps({"event": event, "data": data})
 
 
+def frame_offset(frame: bytes) -> int | None:
+    """The `offset` of a server→client frame built by `encode_event`, None when it has none."""
+    if b'"offset":' not in frame:
+        return None
+    offset = orjson.loads(frame).get("offset")
+    return offset if isinstance(offset, int) else None
+
+
 def decode_client_frame(text: str | bytes) -> ClientMessage:
     """Decode one client frame; size is already bounded by the transport.
 

@@ -69,6 +69,7 @@ class Config:
     heartbeat_s: float = 25.0
     drain_s: float = 10.0
     recovery_window_s: float = 600.0
+    recovery_stream: str = "realtime.notifications"
     log_level: str = "info"
     log_format: str = "json"
     amqp_prefetch: int = 1000
@@ -462,6 +463,14 @@ OPTIONS: tuple[Option, ...] = (
         "600",
         "how far back a reconnecting notifications client can recover",
         "SECONDS",
+    ),
+    _opt(
+        "RECOVERY_STREAM",
+        "recovery_stream",
+        _exchange,
+        "realtime.notifications",
+        "RabbitMQ stream queue that keeps notifications for recovery (RabbitMQ backbone only)",
+        "NAME",
     ),
     _opt(
         "LOG_LEVEL",

@@ -186,6 +186,36 @@ class Metrics:
             registry=r,
         )
 
+        # Recovery of missed notifications (service/recovery.py).
+        self.replays = Counter(
+            f"{PREFIX}_replays_total",
+            "Resumes answered, by `recovered` (false: the window no longer reached `since`).",
+            ["recovered"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            f"{PREFIX}_replayed_messages_total",
+            "Notifications replayed to resuming clients.",
+            registry=r,
+        )
+        self.replay_duration = Histogram(
+            f"{PREFIX}_replay_duration_seconds",
+            "Time from a resume request to its `resumed` frame.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.history_reads = Counter(
+            f"{PREFIX}_history_reads_total",
+            "Passes over the notification history, each serving every waiting resume, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.stream_readers = Counter(
+            f"{PREFIX}_stream_readers_total",
+            "Consumers opened on the RabbitMQ notification stream to replay older entries.",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric (of every worker, in that mode)."""
         if self.multiprocess_dir is None:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from service import codec, routing
-from service.backbone.base import Backbone
+from service.backbone.base import Backbone, history_of
 from service.bindings import Bindings
 from service.errors import (
     AuthError,
@@ -32,6 +32,7 @@ from service.hub import WILDCARD, Hub
 from service.lastvalue import LastValueCache
 from service.metrics import Metrics
 from service.model import ClientMessage, Event, Namespace, Principal
+from service.recovery import Recovery, Resumed, parse_since
 from service.routing import KeyKind
 from service.session import FrameEncoder, Outbox, Session
 
@@ -81,6 +82,7 @@ class Node:
         metrics: Metrics | None = None,
         hub: Hub | None = None,
         lastvalue: LastValueCache | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         self.backbone = backbone
         self.bindings = bindings
@@ -90,6 +92,11 @@ class Node:
         self.hub = hub or Hub()
         self.lastvalue = lastvalue or LastValueCache()
         self.outbox = Outbox()  # flushes sink sessions once per loop iteration
+        self.recovery = recovery or Recovery(
+            history_of(backbone),
+            metrics=self.metrics,
+            max_replay_bytes=self.limits.send_queue_bytes // 2,
+        )
         self._verify = verify
         self.draining = False
         self._idle = asyncio.Event()  # set while no session is registered
@@ -102,6 +109,7 @@ class Node:
             (Namespace.DASHBOARD, "dashboard_refresh"): self._on_refresh,
             (Namespace.DASHBOARD, "dashboard_update"): self._on_client_update,
             (Namespace.NOTIFICATIONS, "notification_read"): self._on_notification_read,
+            (Namespace.NOTIFICATIONS, "resume"): self._on_resume,
             (Namespace.DASHBOARD, "auth"): self._on_auth,
             (Namespace.NOTIFICATIONS, "auth"): self._on_auth,
         }
@@ -122,6 +130,7 @@ class Node:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.recovery.close()
         await self.bindings.close()
         await self.backbone.close()
 
@@ -202,6 +211,7 @@ class Node:
         be put in place in time (backbone down), so the transport answers before any upgrade.
         """
         self.check_admission(session.principal, session.namespace)
+        self.recovery.on_join(session)  # held before the hub can deliver to it
         change = self.hub.add(session)
         self._idle.clear()
         self.bindings.add(change.added)
@@ -222,6 +232,7 @@ class Node:
         """Unregister a session (idempotent)."""
         was_joined = session in self.hub
         change = self.hub.remove(session)
+        self.recovery.on_leave(session)
         self.bindings.remove(change.removed)
         if not len(self.hub):
             self._idle.set()
@@ -299,6 +310,7 @@ class Node:
 
     async def handle(self, session: Session, message: ClientMessage) -> Any:
         """Run one client event; returns the ack data or raises ProtocolError."""
+        self.recovery.on_message(session, message.event)
         handler = self._handlers.get((session.namespace, message.event))
         if handler is None:
             raise ProtocolError(
@@ -410,6 +422,16 @@ class Node:
             # Upstream has it (the ack is true); only the other devices' echo is lost.
             log.warning("notification_read_echo_lost", notification_id=ident)
         return {"id": ident}
+
+    async def resume(self, session: Session, since: int) -> Resumed:
+        """Replay what a notifications session missed after `since` (contract §3, recovery)."""
+        return await self.recovery.resume(session, since)
+
+    async def _on_resume(self, session: Session, data: Any) -> Any:
+        since = data.get("since") if isinstance(data, dict) else None
+        if since is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, 'data must be {"since": <offset>}')
+        return (await self.resume(session, parse_since(since))).as_data()
 
     async def _on_auth(self, session: Session, data: Any) -> Any:
         token = data.get("token") if isinstance(data, dict) else None

@@ -19,6 +19,10 @@ A transport whose wire format is not the native JSON frame gives the session an 
 (bytes → bytes) that `push()` applies before counting the bytes. The hub pushes the same
 frame object to every target, so an encoder that remembers its last input encodes each event
 once per transport, not once per socket (see `service.transports.socketio`).
+
+While a notifications client resumes (recovery, contract §3), `hold()` diverts `push()` into
+a side list that counts against the same byte budget; `release()` hands those frames back so
+the recovery can merge them after the replay, in offset order, without duplicates.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ class Session:
         "_dirty",
         "_downstream",
         "_frames",
+        "_held",
+        "_held_bytes",
         "_limit",
         "_on_close",
         "_outbox",
@@ -119,6 +125,8 @@ class Session:
         # Created on first use: an idle sink session never needs them (memory per socket).
         self._wake: asyncio.Event | None = None
         self._closed: asyncio.Event | None = None
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
         self.close_code: int | None = None
         self.close_reason = ""
         # Dashboard subscriptions: `explicit` turns True at the first subscribe/unsubscribe;
@@ -139,8 +147,8 @@ class Session:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes waiting: queued here, plus what the sink last reported buffered."""
-        return self._pending_bytes + self._downstream
+        """Bytes waiting: queued or held here, plus what the sink last reported buffered."""
+        return self._pending_bytes + self._downstream + self._held_bytes
 
     def attach_sink(
         self, sink: Sink, on_close: Callable[[], None] | None = None, outbox: Outbox | None = None
@@ -164,14 +172,32 @@ class Session:
             self._dirty = True
             self._outbox.mark(self)
 
+    @property
+    def held(self) -> bool:
+        """True while `push()` is diverted into the held list."""
+        return self._held is not None
+
     def push(self, frame: bytes) -> bool:
-        """Queue one frame. False when closed, or when it overflowed (and closed) the session."""
+        """Queue one frame. False when closed, or when it overflowed (and closed) the session.
+
+        While held, the frame goes to the held list instead, under the same byte budget.
+        """
         if self.close_code is not None:
             return False
+        if self._held is not None:
+            # Held frames stay native (the recovery merges them by offset) and are encoded
+            # when released and pushed again.
+            size = len(frame)
+            if self._pending_bytes + self._downstream + self._held_bytes + size > self._limit:
+                self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+                return False
+            self._held.append(frame)
+            self._held_bytes += size
+            return True
         if self.encoder is not None:
             frame = self.encoder(frame)
         pending = self._pending_bytes + len(frame)
-        if pending + self._downstream > self._limit:
+        if pending + self._downstream + self._held_bytes > self._limit:
             self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER_REASON)
             return False
         self._frames.append(frame)
@@ -197,6 +223,17 @@ class Session:
             self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER_REASON)
         return len(frames)
 
+    def hold(self) -> None:
+        """Divert `push()` into a held list until `release()` (idempotent)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> list[bytes]:
+        """Stop holding; returns the held frames, oldest first, for the caller to push."""
+        held, self._held = self._held or [], None
+        self._held_bytes = 0
+        return held
+
     def close(self, code: int, reason: str) -> None:
         """Ask the transport to close with `code`; the first request wins. Drops queued frames."""
         if self.close_code is not None:
@@ -204,7 +241,9 @@ class Session:
         self.close_code = code
         self.close_reason = reason
         self._frames = []
-        self._pending_bytes = 0
+        if self._held is not None:
+            self._held = []
+        self._pending_bytes = self._held_bytes = 0
         if self._wake is not None:
             self._wake.set()
         if self._closed is not None:

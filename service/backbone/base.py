@@ -16,12 +16,16 @@ Guarantees every implementation gives (tests/contract/test_backbone.py checks th
 - `publish_upstream` returns only once the event is safely taken (broker confirm).
 - Notification events (`notification.*` keys) carry an `offset`, growing with every
   notification the backbone carries, the same on every instance; None where unsupported.
+
+A backbone that keeps the notifications it carried for a while, so that reconnecting clients
+can recover what they missed (contract §3), offers them as its `history` attribute, a
+`NotificationLog` (None or absent: no recovery; see `history_of`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from service.model import Event
 
@@ -64,3 +68,51 @@ class Backbone(Protocol):
     async def publish_upstream(self, routing_key: str, body: bytes) -> None:
         """Publish a client event to the upstream exchange and wait for the confirm."""
         ...
+
+
+@runtime_checkable
+class NotificationLog(Protocol):
+    """The history of notifications a backbone carried, by offset (contract §3, recovery).
+
+    Guarantees:
+
+    - Offsets grow with every notification the backbone carries, whatever its routing key
+      (`notification.user.<id>`, `notification.broadcast`), the same on every instance. They
+      need not be consecutive (a RabbitMQ stream spends some on its own bookkeeping).
+    - The log holds at least every notification of the last `window_s` seconds (it may hold
+      more, and less only when a size bound cut it: `replay` then says so by its floor).
+    - `last_offset` only grows, and every notification up to it has reached `on_event` on this
+      instance (or was not bound here): a reader that starts now and reads up to it misses
+      nothing that live delivery has not shown this instance already.
+    """
+
+    @property
+    def last_offset(self) -> int:
+        """The offset of the last notification delivered to this instance (0 before any)."""
+        ...
+
+    async def wait_offset(self, offset: int, timeout_s: float) -> bool:
+        """Wait until `last_offset >= offset`; False if that does not happen in time.
+
+        An offset above `last_offset` is either one another instance has delivered already
+        (this one lags a little) or one from another history; a log that cannot lag (the
+        embedded one) answers False at once.
+        """
+        ...
+
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        """Pass every held notification with `since < offset <= until` to `sink`, in order.
+
+        Returns the floor of what was read: every notification with an offset above it (up to
+        `until`) was passed. A floor at or below `since` means nothing after `since` was lost;
+        above it, retention took some (a client whose `since` is at or above the floor still
+        missed nothing). Raises BackboneUnavailable when the log cannot be read now. Each call
+        is one reader: callers coalesce concurrent replays.
+        """
+        ...
+
+
+def history_of(backbone: object) -> NotificationLog | None:
+    """The backbone's notification log (its `history` attribute), or None when it keeps none."""
+    history = getattr(backbone, "history", None)
+    return history if isinstance(history, NotificationLog) else None

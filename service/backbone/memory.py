@@ -3,18 +3,25 @@
 Used when GATEWAY_AMQP_URL is empty, and by tests. Bindings are matched with AMQP topic
 semantics, delivery is synchronous from `publish`, notifications get offsets from a counter,
 and upstream events are kept in a bounded log that tests and operators can read.
+
+Notifications are also kept in a log bounded in time (`window_s`, GATEWAY_RECOVERY_WINDOW_SECONDS)
+and in count (`history_max`), read by `replay` (the `NotificationLog` seam): the same semantics
+as the RabbitMQ stream, for one instance. Offsets restart at 1 with the process, so a client's
+offset from before a restart is either above `last_offset` or below what the log holds, and
+its resume is answered `recovered: false` in both cases.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from service import routing
 from service.backbone.base import OnEvent
+from service.backbone.history import MAX_ENTRIES, RecentLog
 from service.errors import BackboneUnavailable
 from service.model import Event
 
@@ -32,12 +39,20 @@ class UpstreamRecord:
 class MemoryBackbone:
     """In-process backbone; see the module docstring."""
 
-    def __init__(self, *, upstream_log_size: int = UPSTREAM_LOG_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        upstream_log_size: int = UPSTREAM_LOG_SIZE,
+        window_s: float = 600.0,
+        history_max: int = MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._on_event: OnEvent | None = None
         self._bindings: set[str] = set()
         self._patterns: set[str] = set()  # the bindings with `*` or `#`, matched word by word
         self._available = True
-        self._offsets = itertools.count(1)
+        self._last_offset = 0
+        self._history = RecentLog(window_s=window_s, max_entries=history_max, clock=clock)
         self.upstream: deque[UpstreamRecord] = deque(maxlen=upstream_log_size)
         self._upstream_listeners: list[Callable[[UpstreamRecord], None]] = []
 
@@ -86,9 +101,34 @@ class MemoryBackbone:
     async def publish(self, event: Event) -> None:
         self._check()
         if event.routing_key.startswith("notification."):
-            event = replace(event, offset=next(self._offsets))
+            self._last_offset += 1
+            event = replace(event, offset=self._last_offset)
+            self._history.append(event)
         if self._on_event is not None and self._is_bound(event.routing_key):
             self._on_event(event)
+
+    # -- NotificationLog ------------------------------------------------------------------
+
+    @property
+    def history(self) -> MemoryBackbone:
+        """This backbone is its own notification log."""
+        return self
+
+    @property
+    def last_offset(self) -> int:
+        return self._last_offset
+
+    async def wait_offset(self, offset: int, timeout_s: float) -> bool:
+        # One instance cannot lag behind itself: a larger offset is from another history.
+        return offset <= self._last_offset
+
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        self._check()
+        floor = self._history.floor
+        # Synchronous: the log cannot change while it is read (bounded by history_max).
+        for event in self._history.read(since, until):
+            sink(event)
+        return self._last_offset if floor is None else floor
 
     async def publish_upstream(self, routing_key: str, body: bytes) -> None:
         self._check()

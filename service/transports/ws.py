@@ -22,6 +22,7 @@ from service.errors import AuthError, CloseCode, ErrorCode, ProtocolError, Refus
 from service.model import Namespace, Principal
 from service.node import Node
 from service.ratelimit import RateLimiter, Verdict
+from service.recovery import parse_since
 from service.session import Session
 from service.transports.context import GATEWAY, Gateway, error_response
 
@@ -74,6 +75,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT_S,
     )
     session: Session | None = None
+    since: int | None = None
     try:
         if not check_origin(request.headers.get("Origin"), gateway.config.allowed_origins):
             raise Refused(403, "forbidden", "origin not allowed")
@@ -81,6 +83,8 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         gateway.node.check_admission(principal, namespace)
         if not ws.can_prepare(request).ok:
             raise Refused(400, "bad_request", "expected a WebSocket upgrade")
+        if namespace is Namespace.NOTIFICATIONS and "since" in request.query:
+            since = resume_offset(request.query["since"])
         session = gateway.node.new_session(principal, namespace, "ws")
         await gateway.node.join(session)
     except Refused as exc:
@@ -94,12 +98,24 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     with structlog.contextvars.bound_contextvars(
         conn_id=session.id, user_id=session.user_id, namespace=str(namespace)
     ):
-        await _serve(gateway, request, ws, session)
+        await _serve(gateway, request, ws, session, since)
     return ws
 
 
+def resume_offset(value: str) -> int:
+    """The `since` query parameter (recovery); Refused(400) when it is not an offset."""
+    try:
+        return parse_since(value)
+    except ProtocolError as exc:
+        raise Refused(400, str(exc.code), exc.message) from None
+
+
 async def _serve(
-    gateway: Gateway, request: web.Request, ws: web.WebSocketResponse, session: Session
+    gateway: Gateway,
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    session: Session,
+    since: int | None = None,
 ) -> None:
     node = gateway.node
     loop = asyncio.get_running_loop()
@@ -119,6 +135,8 @@ async def _serve(
     config = gateway.config
     limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
     try:
+        if since is not None:
+            await node.resume(session, since)
         while not session.closed:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:

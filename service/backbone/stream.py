@@ -1,0 +1,356 @@
+"""The notification stream: offsets every replica agrees on, and the history recovery reads.
+
+Used by the RabbitMQ backbone (`service/backbone/amqp.py`) when the recovery window is not 0.
+
+- A durable stream queue (`x-queue-type: stream`, default name `realtime.notifications`) is
+  bound to the events exchange with `notification.#`, so it holds every notification services
+  publish, in one order, with one offset each. Retention: `x-max-age` = the recovery window
+  (RabbitMQ drops whole segments once all their messages are older, so at least the window is
+  held), small segments (`x-stream-max-segment-size-bytes`) so that it holds little more, and
+  a size bound (`x-max-length-bytes`) against floods; a replay the size bound cut short answers
+  `recovered: false`, which is the truth.
+- Offsets: the one a client sees is the stream's `x-stream-offset` + 1, so that 0 means
+  "before everything" (as with the embedded backbone, whose first offset is 1). They are not
+  consecutive: RabbitMQ spends an offset on a bookkeeping chunk at the start of every segment,
+  which AMQP consumers never see. So a gap proves nothing; what proves that nothing after
+  `since` was lost is that the entry `since` itself is still in the stream.
+- Live delivery: every gateway instance consumes the stream itself (prefetch, manual acks,
+  `x-stream-offset`), so every live notification frame carries its offset, the same on every
+  replica. The first attach starts at `last` (the last chunk: the instance learns the tail at
+  once, so a client resuming right after a restart is served without waiting for traffic);
+  after a reconnect it starts at the last entry it delivered, so a broker blip loses no
+  notification (when that entry is gone, retention ran meanwhile, and the tail kept in memory is
+  dropped). Entries at or below it (RabbitMQ starts a consumer at the beginning of a chunk) are
+  skipped.
+- Replay: from memory when it can be. The instance keeps the recent tail of the stream that
+  its live consumer saw (`RecentLog`, bounded by the window and `recent_entries`), so a client
+  that was away for a short while is served without touching the broker. Older entries (from
+  before this instance started, typically: the reconnect storm after a restart) are read by a
+  short-lived consumer on a channel of its own, from the entry `since` (the floor of the read is
+  `since` when that entry comes back, else the entry before the first one that does), cancelled
+  as soon as it reached what memory holds; what it read is added to the front of the tail (when
+  it fits), so the next replay of that range is served from memory too. Its memory is bounded by
+  the prefetch and `recent_entries`. The recovery coalesces replays, so a reconnect storm opens
+  one or two of these per instance, never one per client.
+
+Consuming a stream over AMQP 0-9-1 costs about 10,000 messages per second per consumer with
+aiormq on one core (docs/performance.md): it bounds both the notification rate one instance
+can follow and the speed of a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.abc
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+
+from service.backbone.base import OnEvent
+from service.backbone.history import RecentLog
+from service.errors import BackboneUnavailable
+from service.model import Event
+
+log = structlog.get_logger(__name__)
+
+STREAM_NAME = "realtime.notifications"
+NOTIFICATIONS_PATTERN = "notification.#"
+OFFSET_HEADER = "x-stream-offset"
+SEGMENT_BYTES = 8 << 20
+MAX_BYTES = 1 << 30
+RECENT_ENTRIES = 20_000
+CLOSE_TIMEOUT_S = 5.0
+
+#: Turns one delivered stream entry into an Event (offset not set), or None when unusable.
+Decode = Callable[[aiormq.abc.DeliveredMessage], Event | None]
+OnLost = Callable[[BaseException | None], None]
+
+
+def entry_offset(message: aiormq.abc.DeliveredMessage) -> int | None:
+    """The client-facing offset of a stream entry: its `x-stream-offset` + 1."""
+    headers = message.header.properties.headers or {}
+    raw = headers.get(OFFSET_HEADER)
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw + 1
+    return None
+
+
+class NotificationStream:
+    """One instance's view of the notification stream; implements `NotificationLog`."""
+
+    def __init__(
+        self,
+        name: str = STREAM_NAME,
+        *,
+        exchange: str,
+        window_s: float,
+        decode: Decode,
+        prefetch: int = 1000,
+        segment_bytes: int = SEGMENT_BYTES,
+        max_bytes: int = MAX_BYTES,
+        recent_entries: int = RECENT_ENTRIES,
+        on_reader: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.exchange = exchange
+        self.window_s = window_s
+        self._decode = decode
+        self._prefetch = max(prefetch, 2)
+        self._ack_every = max(1, self._prefetch // 4)
+        self._segment_bytes = segment_bytes
+        self._max_bytes = max_bytes
+        self._last_offset = 0
+        self._recent = RecentLog(window_s=window_s, max_entries=recent_entries)
+        self._attached_once = False
+        self._connection: AbstractConnection | None = None
+        self._live: AbstractChannel | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.readers = 0  # replay consumers opened since start
+        self._on_reader = on_reader
+        self.skipped = 0  # entries that were not usable notifications
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The stream's declaration arguments."""
+        arguments: dict[str, Any] = {
+            "x-queue-type": "stream",
+            "x-max-age": f"{max(1, math.ceil(self.window_s))}s",
+            "x-stream-max-segment-size-bytes": self._segment_bytes,
+        }
+        if self._max_bytes:
+            arguments["x-max-length-bytes"] = self._max_bytes
+        return arguments
+
+    # -- attaching ------------------------------------------------------------------------
+
+    async def attach(
+        self, connection: AbstractConnection, on_event: OnEvent, on_lost: OnLost
+    ) -> None:
+        """Declare and bind the stream on a new connection and start the live consumer.
+
+        The events exchange must exist. `on_lost` is called when the live consumer's channel
+        closes or the broker cancels it (the backbone then reconnects and attaches again).
+        """
+        await self._declare(connection)
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        raw = await channel.get_underlay_channel()
+        since = self._last_offset
+        start: int | str = "last"
+        if self._attached_once:
+            # From the last entry delivered (stream offset since - 1): when RabbitMQ still has
+            # it, it comes back first (filtered below) and nothing in between was lost.
+            start = since - 1 if since >= 1 else "first"
+        first_seen = not self._attached_once
+        pending = 0
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            # Everything up to on_event runs before the first await: entries leave in order.
+            nonlocal pending, first_seen
+            offset = entry_offset(message)
+            if offset is not None and not first_seen:
+                first_seen = True
+                if offset > since:
+                    # The last entry delivered is gone (retention ran while the broker was
+                    # out of reach): the tail in memory cannot be joined to what follows.
+                    self._recent.restart()
+            if offset is not None and offset > max(since, self._last_offset):
+                event = self._decode(message)
+                if event is None:
+                    self.skipped += 1
+                else:
+                    event = replace(event, offset=offset)
+                    on_event(event)
+                    self._recent.append(event)
+                self._advance(offset)
+            pending += 1
+            if pending >= self._ack_every:
+                pending = 0
+                with contextlib.suppress(*_LINK_ERRORS):
+                    await _ack_through(raw, message)
+
+        def lost(_sender: object, exc: BaseException | None = None) -> None:
+            on_lost(exc)
+
+        def cancelled(_tag: object) -> None:
+            on_lost(RuntimeError(f"the broker cancelled the consumer of stream {self.name}"))
+
+        channel.close_callbacks.add(lost)
+        raw.on_consumer_cancel_callbacks.add(cancelled)
+        await raw.basic_consume(self.name, on_message, arguments={OFFSET_HEADER: start})
+        self._connection, self._live = connection, channel
+        self._attached_once = True
+        log.info("stream_attached", stream=self.name, start=start)
+
+    def detach(self) -> None:
+        """Forget the connection (it is gone or going); replays fail until the next attach."""
+        self._connection = self._live = None
+
+    async def _declare(self, connection: AbstractConnection) -> AbstractQueue:
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            queue = await channel.declare_queue(self.name, durable=True, arguments=self.arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            # Another replica (or an operator's policy) made it with other arguments: use it
+            # as it is; its retention applies.
+            log.warning("stream_arguments_differ", stream=self.name, error=str(exc))
+            channel = await connection.channel(publisher_confirms=False)
+            queue = await channel.declare_queue(self.name, passive=True)
+        await queue.bind(self.exchange, NOTIFICATIONS_PATTERN)
+        with contextlib.suppress(*_LINK_ERRORS):
+            await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+        return queue
+
+    # -- NotificationLog ------------------------------------------------------------------
+
+    @property
+    def last_offset(self) -> int:
+        return self._last_offset
+
+    def _advance(self, offset: int) -> None:
+        self._last_offset = offset
+        if self._waiters:
+            still = []
+            for wanted, future in self._waiters:
+                if wanted <= offset:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    still.append((wanted, future))
+            self._waiters = still
+
+    async def wait_offset(self, offset: int, timeout_s: float) -> bool:
+        if offset <= self._last_offset:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (offset, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+        return True
+
+    async def replay(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        if since >= until:
+            return since
+        floor = self._recent.floor
+        if floor is not None and floor <= since:
+            # Served from memory, synchronously (the run cannot change meanwhile).
+            for event in self._recent.read(since, until):
+                sink(event)
+            return floor
+        # Older than what this instance holds (typically: from before it started).
+        stop = until if floor is None or floor >= until else floor
+        block: list[Event] | None = []
+
+        def keep(event: Event) -> None:
+            nonlocal block
+            sink(event)
+            if block is not None:
+                block.append(event)
+                if len(block) > self._recent.max_entries:
+                    block = None  # too many to keep: served, not cached
+
+        read_floor = await self._read_stream(since, stop, keep)
+        if stop >= until:
+            if block and self._recent.floor is None and until >= self._last_offset:
+                self._recent.prepend(block, read_floor, until)  # starts the tail
+            return read_floor
+        current = self._recent.floor
+        if current is not None and current <= stop:
+            for event in self._recent.read(stop, until):
+                sink(event)
+            if block is not None:
+                self._recent.prepend(block, read_floor, stop)
+            return read_floor
+        # Memory moved on while the stream was read: the rest comes from the stream too.
+        return max(read_floor, await self._read_stream(stop, until, sink))
+
+    async def _read_stream(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
+        """Pass the entries `since < offset <= until` read by a stream consumer; the floor."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            raise BackboneUnavailable("the notification stream is not attached")
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self._prefetch)
+            raw = await channel.get_underlay_channel()
+        except _LINK_ERRORS as exc:
+            raise BackboneUnavailable(f"cannot open a stream reader: {exc!r}") from None
+        entries: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            entries.put_nowait(message)
+
+        def gone(*_args: object) -> None:
+            entries.put_nowait(None)
+
+        channel.close_callbacks.add(gone)
+        raw.on_consumer_cancel_callbacks.add(gone)
+        self.readers += 1
+        if self._on_reader is not None:
+            self._on_reader()
+        first: int | None = None
+        try:
+            # Start at the entry `since` itself (stream offset since - 1): when it is still
+            # there, RabbitMQ delivers it (or its whole chunk), which proves that nothing
+            # after it is lost.
+            start: int | str = since - 1 if since >= 1 else "first"
+            await raw.basic_consume(self.name, on_message, arguments={OFFSET_HEADER: start})
+            taken = 0
+            while True:
+                message = await entries.get()
+                if message is None:
+                    raise BackboneUnavailable("the stream reader was closed by the broker")
+                taken += 1
+                if taken % self._ack_every == 0:
+                    await _ack_through(raw, message)
+                offset = entry_offset(message)
+                if offset is None:
+                    continue
+                if first is None:
+                    first = offset
+                if offset <= since:
+                    continue
+                if offset > until:
+                    break
+                event = self._decode(message)
+                if event is not None:
+                    sink(replace(event, offset=offset))
+                if offset >= until:
+                    break
+        except _LINK_ERRORS as exc:
+            raise BackboneUnavailable(f"stream reader failed: {exc!r}") from None
+        finally:
+            with contextlib.suppress(*_LINK_ERRORS, asyncio.CancelledError):
+                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+        assert first is not None
+        # The first entry the stream still had: at or below `since`, nothing was lost;
+        # above it, everything from it on was read.
+        return since if first <= since else first - 1
+
+
+async def _ack_through(
+    channel: aiormq.abc.AbstractChannel, message: aiormq.abc.DeliveredMessage
+) -> None:
+    """Ack this entry and every one before it (for a stream, acks are consumer credit)."""
+    tag = message.delivery_tag
+    if tag is not None:
+        await channel.basic_ack(tag, multiple=True)
+
+
+_LINK_ERRORS: tuple[type[BaseException], ...] = (
+    *aio_pika.exceptions.CONNECTION_EXCEPTIONS,
+    TimeoutError,
+)
