@@ -11,6 +11,7 @@ from service.auth import Authenticator
 from service.config import Config
 from service.metrics import Metrics
 from service.node import Node
+from service.transports.wire import WireFramer
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class Gateway:
     metrics: Metrics
     #: per-namespace frames_out accumulators of the WebSocket fast path (transports.ws)
     ws_frames_out: dict[Any, Any] = field(default_factory=dict)
+    ws_framer: WireFramer = field(default_factory=WireFramer)  # the fast path's frame memo
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from typing import Any
 
 import structlog
@@ -25,6 +24,7 @@ from service.ratelimit import RateLimiter, Verdict
 from service.recovery import parse_since
 from service.session import Session
 from service.transports.context import GATEWAY, Gateway, error_response
+from service.transports.wire import WireFramer
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +130,8 @@ async def _serve(
     # loop iteration (see WireSink); this handler task is the connection's only task.
     transport = request.transport
     assert transport is not None  # prepared just now
-    session.attach_sink(WireSink(ws, transport, _frames_out(gateway, session)), on_close)
+    sink = WireSink(ws, transport, _frames_out(gateway, session), gateway.ws_framer)
+    session.attach_sink(sink, on_close)
     log.info("connected", transport="ws")
     config = gateway.config
     limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
@@ -193,41 +194,6 @@ def _reply_error(
     session.push(codec.encode_error(code, message, ack))
 
 
-def text_frame(payload: bytes) -> bytes:
-    """The wire bytes of one unmasked, uncompressed, final TEXT frame (RFC 6455 5.2).
-
-    Server frames carry no mask, so the same bytes serve every socket: this is exactly what
-    aiohttp's WebSocketWriter writes for `send_frame(payload, TEXT)` with compression off
-    (tests/unit/test_wire.py checks it byte for byte).
-    """
-    length = len(payload)
-    if length < 126:
-        return _LEN1(0x81, length) + payload
-    if length < 65536:
-        return _LEN2(0x81, 126, length) + payload
-    return _LEN3(0x81, 127, length) + payload
-
-
-_LEN1 = struct.Struct("!BB").pack
-_LEN2 = struct.Struct("!BBH").pack
-_LEN3 = struct.Struct("!BBQ").pack
-_WIRE_MEMO: dict[bytes, bytes] = {}
-_WIRE_MEMO_MAX = 64  # recent frames; one fan-out frames each event once for every socket
-_WIRE_MEMO_FRAME_MAX = 16384  # larger frames are framed per socket, not pinned here
-
-
-def wire(payload: bytes) -> bytes:
-    """`text_frame(payload)`, memoised: a fan-out frames its event once, not once per socket."""
-    framed = _WIRE_MEMO.get(payload)
-    if framed is None:
-        framed = text_frame(payload)
-        if len(payload) <= _WIRE_MEMO_FRAME_MAX:
-            if len(_WIRE_MEMO) >= _WIRE_MEMO_MAX:
-                _WIRE_MEMO.clear()
-            _WIRE_MEMO[payload] = framed
-    return framed
-
-
 class WireSink:
     """Writes a session's frames straight to its transport, coalesced into one write.
 
@@ -238,19 +204,25 @@ class WireSink:
     bytes, which the session counts against its budget (slow consumer = 4008).
     """
 
-    __slots__ = ("_counter", "_transport", "_ws")
+    __slots__ = ("_counter", "_transport", "_wire", "_ws")
 
     def __init__(
-        self, ws: web.WebSocketResponse, transport: asyncio.Transport | Any, counter: _Counter
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | Any,
+        counter: _Counter,
+        framer: WireFramer,
     ) -> None:
         self._ws = ws
         self._transport = transport
         self._counter = counter
+        self._wire = framer.wire
 
     def __call__(self, frames: list[bytes]) -> int:
         transport = self._transport
         if self._ws.closed or transport.is_closing():
             return 0
+        wire = self._wire
         if len(frames) == 1:
             transport.write(wire(frames[0]))
         else:

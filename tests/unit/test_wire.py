@@ -8,7 +8,9 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.http_websocket import WebSocketWriter
 
-from service.transports.ws import text_frame, wire
+from service.transports.wire import WireFramer, text_frame
+
+wire = WireFramer().wire
 
 SIZES = [0, 1, 2, 125, 126, 127, 200, 1000, 65535, 65536, 65537, 200_000]
 

@@ -1,0 +1,47 @@
+"""Server WebSocket frames built by hand for the fast path (RFC 6455 5.2)."""
+
+from __future__ import annotations
+
+import struct
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The wire bytes of one unmasked, uncompressed, final TEXT frame (RFC 6455 5.2).
+
+    Server frames carry no mask, so the same bytes serve every socket: this is exactly what
+    aiohttp's WebSocketWriter writes for `send_frame(payload, TEXT)` with compression off
+    (tests/unit/test_wire.py checks it byte for byte).
+    """
+    length = len(payload)
+    if length < 126:
+        return _LEN1(0x81, length) + payload
+    if length < 65536:
+        return _LEN2(0x81, 126, length) + payload
+    return _LEN3(0x81, 127, length) + payload
+
+
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
+WIRE_MEMO_MAX = 64  # recent frames; one fan-out frames each event once for every socket
+WIRE_MEMO_FRAME_MAX = 16384  # larger frames are framed per socket, not pinned here
+
+
+class WireFramer:
+    """`text_frame` with a small memo, one per app: a fan-out frames its event once."""
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: dict[bytes, bytes] = {}
+
+    def wire(self, payload: bytes) -> bytes:
+        """The wire bytes of `payload` as one TEXT frame (memoised for recent small frames)."""
+        framed = self._memo.get(payload)
+        if framed is None:
+            framed = text_frame(payload)
+            if len(payload) <= WIRE_MEMO_FRAME_MAX:
+                if len(self._memo) >= WIRE_MEMO_MAX:
+                    self._memo.clear()
+                self._memo[payload] = framed
+        return framed
