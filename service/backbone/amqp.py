@@ -1,4 +1,4 @@
-"""The RabbitMQ backbone (contract section 4); the only module that imports aio_pika.
+"""The RabbitMQ backbone (contract section 4); with `stream.py`, the only aio_pika user.
 
 Topology, declared on every (re)connect:
 
@@ -29,6 +29,12 @@ synchronously (the hub queues it for every target socket) and then acked. A mess
 use (routing key outside the contract, a content type other than JSON, a body that is not a
 JSON object with a string `event`) is rejected without requeue, so the broker dead-letters it
 to `realtime.dlx`; it is logged with its message id and counted, and the next one is handled.
+
+Recovery (contract §3, docs/recovery.md): unless the recovery window is 0, the backbone also
+attaches the notification stream (`stream.py`), which is its `history`. Live notifications are
+then delivered from the stream, which gives them their offsets; the instance queue keeps its
+notification bindings only so that unusable notification messages are still dead-lettered,
+and acks its usable notification deliveries without handing them on.
 
 Headers the gateway sets on what it publishes downstream, and reads back:
 `x-origin-connection` (the connection that caused a `notification_read` echo, which must not
@@ -66,6 +72,7 @@ from yarl import URL
 
 from service import codec, routing
 from service.backbone.base import OnEvent
+from service.backbone.stream import STREAM_NAME, NotificationStream
 from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ErrorCode, ProtocolError
 from service.metrics import Metrics
@@ -167,6 +174,9 @@ class AmqpBackbone:
         heartbeat_s: int = 15,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 15.0,
+        recovery_window_s: float = 0.0,
+        recovery_stream: str = STREAM_NAME,
+        stream_options: dict[str, Any] | None = None,
     ) -> None:
         parsed = URL(url)
         if "heartbeat" not in parsed.query:
@@ -198,6 +208,18 @@ class AmqpBackbone:
         self._closing = False
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        #: The notification stream (recovery); None when the window is 0.
+        self.history: NotificationStream | None = None
+        if recovery_window_s > 0:
+            self.history = NotificationStream(
+                recovery_stream,
+                exchange=exchange,
+                window_s=recovery_window_s,
+                decode=self._decode_entry,
+                prefetch=prefetch,
+                on_reader=lambda: self.metrics.stream_readers.inc(),
+                **(stream_options or {}),
+            )
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> AmqpBackbone:
@@ -209,6 +231,8 @@ class AmqpBackbone:
             upstream_exchange=config.upstream_exchange,
             prefetch=config.amqp_prefetch,
             metrics=metrics,
+            recovery_window_s=config.recovery_window_s,
+            recovery_stream=config.recovery_stream,
         )
 
     # -- state ----------------------------------------------------------------------------
@@ -394,6 +418,8 @@ class AmqpBackbone:
         on_event = self._on_event
         if on_event is None:  # closing
             return
+        if self.history is not None and not event.routing_key.startswith(routing.DASHBOARD_PREFIX):
+            on_event = _ignore  # the stream delivers notifications, with their offsets
         try:
             on_event(event)
         except Exception as exc:
@@ -451,6 +477,23 @@ class AmqpBackbone:
             origin=_text(headers.get(ORIGIN_HEADER)),
         )
 
+    def _decode_entry(self, message: aiormq.abc.DeliveredMessage) -> Event | None:
+        """A notification read from the stream, or None when it is not a usable one."""
+        try:
+            event = self._decode(message)
+        except _Unusable:
+            return None
+        return None if event.routing_key.startswith(routing.DASHBOARD_PREFIX) else event
+
+    def _on_stream_event(self, event: Event) -> None:
+        on_event = self._on_event
+        if on_event is None:  # closing
+            return
+        try:
+            on_event(event)
+        except Exception:
+            log.exception("event_failed", message_id=event.id, routing_key=event.routing_key)
+
     def _dead_letter(
         self, link: _Link, message: aiormq.abc.DeliveredMessage, reason: str, detail: str
     ) -> None:
@@ -476,6 +519,13 @@ class AmqpBackbone:
                 link = await self._declare(next(self._generations), connection)
             self._watch(link)
             await self._reapply(link)
+            if self.history is not None:
+                generation = link.generation
+                await self.history.attach(
+                    connection,
+                    self._on_stream_event,
+                    lambda exc: self._on_lost(generation, exc),
+                )
             link.settler = asyncio.get_running_loop().create_task(
                 self._settle(link), name="amqp-settler"
             )
@@ -596,6 +646,8 @@ class AmqpBackbone:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     async def _discard(self, link: _Link) -> None:
+        if self.history is not None:
+            self.history.detach()
         if link.settler is not None:
             link.settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -607,6 +659,10 @@ class AmqpBackbone:
         with contextlib.suppress(*LINK_ERRORS):
             async with asyncio.timeout(5):
                 await connection.close()
+
+
+def _ignore(_event: Event) -> None:
+    """An `on_event` that drops the event."""
 
 
 def _timestamp_ms(header: object, stamp: datetime | None) -> int:
