@@ -13,8 +13,8 @@
    a service does while no gateway runs; embedded, through A).
 5. With RabbitMQ, gateway B starts now (the restarted pod: nothing of the missed notifications
    in its memory, and another replica than the one the clients knew).
-6. The storm: every client reconnects at once (at most `--concurrency` handshakes in flight,
-   as the listen backlog would otherwise drop SYNs) with `since`, to B (or A, embedded). Each
+6. The storm: every client reconnects at once (at most `--concurrency` handshakes in flight)
+   with `since`, to B (or A, embedded). Each
    must get exactly its user's missed notifications, in order, then `resumed` with recovered
    true; then a broadcast reaches all of them live.
 7. Prints the figures: time to the last `resumed`, latency from each client's handshake to its

@@ -595,3 +595,28 @@ async def test_websocket_client_that_stops_reading_is_closed_without_slowing_oth
         await eventually(
             lambda: len(transport._inflight) == 1 and len(transport.sio.eio.sockets) == 1
         )
+
+
+async def test_a_socketio_client_resumes_with_the_resume_event(
+    start_gateway: GatewayFactory, node_clients: NodeFactory
+) -> None:
+    gateway = await start_gateway()
+    native = await gateway.connect("notifications", user="42")
+    await gateway.publish("notification.user.42", {"n": 0})
+    since = (await receive(native))["offset"]
+    await native.close()
+    missed = [await gateway.publish("notification.user.42", {"n": n}) for n in (1, 2, 3)]
+    clients = await node_clients(gateway)
+    await clients.connect(
+        "a", "notifications", auth={"token": mint("42")}, transports=["websocket"]
+    )
+
+    answer = await clients.emit("a", "resume", {"since": since}, ack=True)
+
+    assert answer is not None
+    assert answer["args"] == [{"recovered": True, "replayed": 3}]
+    # In order: the replay, then `resumed` (the first four events the client got).
+    lines = [await clients.expect(name="a", type="event") for _ in range(4)]
+    assert [line["event"] for line in lines] == ["notification_new"] * 3 + ["resumed"]
+    assert [line["args"][0]["id"] for line in lines[:3]] == missed
+    assert lines[3]["args"][0]["data"] == {"recovered": True, "replayed": 3}
