@@ -10,6 +10,9 @@ Socket.IO namespace connection is a `Session` in the same hub, fed by the same f
   is a `connect_error` whose `data` is `{"code": ..., "status": ...}` with the contract's code
   and the HTTP status a native socket would get. A browser `Origin` that is not allowed gets
   403 over HTTP before Engine.IO sees the request, as on `/ws/`.
+- Recovery: a CONNECT to /notifications may carry `since` (in `auth`, else the query), as a
+  native socket's `since` query: the session is held, replayed, then goes live; a bad value
+  is refused like a bad query (400 bad_request). The `resume` event works as well.
 - Events go to `node.handle` through the same rate limiter. An ack callback gets the result,
   or `{"error": {"code", "message"}}`; without an ack, an error comes as an `error` event.
   Acks travel through the session's buffer like every other frame, so they keep their order
@@ -65,6 +68,7 @@ from service.auth import bearer_token
 from service.errors import BackboneUnavailable, CloseCode, ErrorCode, ProtocolError, Refused
 from service.model import ClientMessage, Namespace
 from service.ratelimit import RateLimiter, Verdict
+from service.recovery import parse_since
 from service.session import Session
 from service.transports.context import GATEWAY, Gateway, error_response
 from service.transports.ws import check_origin, principal_for_token
@@ -183,6 +187,7 @@ class _Conn:
     eio_sid: str
     session: Session
     limiter: RateLimiter
+    since: int | None = None  # a resume asked for on CONNECT (auth or query `since`)
     writer: asyncio.Task[None] | None = None
     finished: bool = False
     log_context: dict[str, Any] = field(default_factory=dict)
@@ -333,7 +338,7 @@ class SocketIOTransport:
     ) -> bool:
         name = sio_namespace.lstrip("/")
         try:
-            session = await self._admit(name, environ, auth)
+            session, since = await self._admit(name, environ, auth)
         except Exception as exc:
             if not isinstance(exc, Refused):
                 log.exception("connect_failed", transport=TRANSPORT, namespace=name)
@@ -347,6 +352,7 @@ class SocketIOTransport:
             eio_sid=eio_sid,
             session=session,
             limiter=RateLimiter(self._config.rate_limit_per_s, self._config.rate_limit_burst),
+            since=since,
             log_context={
                 "conn_id": session.id,
                 "user_id": session.user_id,
@@ -366,8 +372,10 @@ class SocketIOTransport:
             self._inflight.assign(request.transport, eio_sid)
         return True
 
-    async def _admit(self, name: str, environ: dict[str, Any], auth: Any) -> Session:
-        """The joined session of a CONNECT, or Refused."""
+    async def _admit(
+        self, name: str, environ: dict[str, Any], auth: Any
+    ) -> tuple[Session, int | None]:
+        """The joined session of a CONNECT and the offset it resumes from, or Refused."""
         if name not in Namespace.__members__.values() or name not in self._config.namespaces:
             raise Refused(404, "not_found", f"unknown namespace '/{name}'")
         namespace = Namespace(name)
@@ -378,6 +386,7 @@ class SocketIOTransport:
         if not token and request is not None:
             token = request.query.get("access_token")
         principal = principal_for_token(self._gateway, token, namespace)
+        since = _resume_offset(namespace, auth, request)
         session = self._node.new_session(
             principal, namespace, TRANSPORT, encoder=self.encoders[namespace]
         )
@@ -385,7 +394,7 @@ class SocketIOTransport:
             await self._node.join(session)
         except BackboneUnavailable as exc:
             raise Refused(503, "unavailable", str(exc)) from None
-        return session
+        return session, since
 
     async def _after_connect(self, eio_sid: str, sio_namespace: str) -> None:
         """Start the writer of a connection python-socketio has just accepted."""
@@ -410,6 +419,21 @@ class SocketIOTransport:
             self._tasks.add(conn.writer)
             conn.writer.add_done_callback(self._tasks.discard)
             log.info("connected", engine=socket_transport(socket))
+            if conn.since is not None:
+                # A task, so the replay does not hold up this client's other namespaces.
+                resume = asyncio.get_running_loop().create_task(self._resume(conn, conn.since))
+                self._tasks.add(resume)
+                resume.add_done_callback(self._tasks.discard)
+
+    async def _resume(self, conn: _Conn, since: int) -> None:
+        """Serve a resume asked for on CONNECT: the replay, then a `resumed` event."""
+        with structlog.contextvars.bound_contextvars(**conn.log_context):
+            try:
+                await self._node.resume(conn.session, since)
+            except ProtocolError as exc:  # the client emitted `resume` first: that one stands
+                conn.session.push(codec.encode_error(exc.code, exc.message))
+            except Exception:
+                log.exception("resume_failed", since=since)
 
     # -- client events -------------------------------------------------------------------
 
@@ -564,6 +588,24 @@ class SocketIOTransport:
 def socket_transport(socket: Any) -> str:
     """`websocket` or `polling`: what an Engine.IO socket currently runs on."""
     return "websocket" if socket.upgraded else "polling"
+
+
+def _resume_offset(namespace: Namespace, auth: Any, request: web.Request | None) -> int | None:
+    """The `since` of a CONNECT to /notifications (auth first, then the query), or None.
+
+    Refused(400, bad_request) when it is not an offset; other namespaces ignore it.
+    """
+    if namespace is not Namespace.NOTIFICATIONS:
+        return None
+    value = auth.get("since") if isinstance(auth, dict) else None
+    if value is None and request is not None:
+        value = request.query.get("since")
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ProtocolError as exc:
+        raise Refused(400, str(exc.code), exc.message) from None
 
 
 def _contains_binary(value: Any) -> bool:

@@ -8,20 +8,17 @@ tests/integration/test_recovery.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import aio_pika
 import pytest
 
 from service.backbone.stream import NotificationStream
 from service.transports.context import GATEWAY
 from tests.broker import (
     AmqpGateway,
-    AmqpGatewayFactory,
     Broker,
     Names,
     Service,
+    StartRecovering,
     TcpProxy,
     next_message,
     until,
@@ -32,39 +29,6 @@ from tests.integration.recovery_helpers import until_resumed
 pytestmark = pytest.mark.amqp
 
 RECOVERY_S = 30.0
-StartRecovering = Callable[..., Awaitable[AmqpGateway]]
-
-
-@pytest.fixture
-async def stream_name(amqp_broker: Broker, amqp_names: Names) -> AsyncIterator[str]:
-    """A notification stream of this test's own, deleted at the end."""
-    name = f"realtime.notifications.{amqp_names.tag}"
-    yield name
-    connection = await aio_pika.connect(amqp_broker.url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(name)
-
-
-@pytest.fixture
-def start_recovering(stream_name: str, start_amqp_gateway: AmqpGatewayFactory) -> StartRecovering:
-    """Factory: one more gateway instance with recovery on (this test's stream).
-
-    `stream_name` comes first, so the stream is deleted after the gateways have stopped.
-    """
-
-    async def start(
-        *, stream_options: dict[str, Any] | None = None, **overrides: Any
-    ) -> AmqpGateway:
-        options = {
-            "recovery_window_s": 600.0,
-            "recovery_stream": stream_name,
-            "stream_options": stream_options,
-            **overrides.pop("backbone_options", {}),
-        }
-        return await start_amqp_gateway(backbone_options=options, **overrides)
-
-    return start
 
 
 def history(gw: AmqpGateway) -> NotificationStream:

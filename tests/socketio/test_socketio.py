@@ -620,3 +620,52 @@ async def test_a_socketio_client_resumes_with_the_resume_event(
     assert [line["event"] for line in lines] == ["notification_new"] * 3 + ["resumed"]
     assert [line["args"][0]["id"] for line in lines[:3]] == missed
     assert lines[3]["args"][0]["data"] == {"recovered": True, "replayed": 3}
+
+
+@pytest.mark.parametrize("where", ["auth", "query"])
+async def test_a_socketio_client_resumes_with_since_on_connect(
+    start_gateway: GatewayFactory,
+    node_clients: NodeFactory,
+    transport_opts: dict[str, Any],
+    where: str,
+) -> None:
+    gateway = await start_gateway()
+    native = await gateway.connect("notifications", user="42")
+    await gateway.publish("notification.user.42", {"n": 0})
+    since = (await receive(native))["offset"]
+    await native.close()
+    missed = [await gateway.publish("notification.user.42", {"n": n}) for n in (1, 2, 3)]
+    clients = await node_clients(gateway)
+    auth: dict[str, Any] = {"token": mint("42")}
+    if where == "auth":
+        auth["since"] = since
+    else:
+        transport_opts["query"] = {"since": str(since)}
+
+    await clients.connect("a", "notifications", auth=auth, **transport_opts)
+
+    # In order: the replay, then `resumed`, then live traffic.
+    lines = [await clients.expect(name="a", type="event") for _ in range(4)]
+    assert [line["event"] for line in lines] == ["notification_new"] * 3 + ["resumed"]
+    assert [line["args"][0]["id"] for line in lines[:3]] == missed
+    assert lines[3]["args"][0]["data"] == {"recovered": True, "replayed": 3}
+    live = await gateway.publish("notification.user.42", {"n": 4})
+    assert (await clients.event("a", "notification_new"))["id"] == live
+    # The connection has resumed: a second resume is refused in the ack.
+    answer = await clients.emit("a", "resume", {"since": since}, ack=True)
+    assert answer is not None
+    assert answer["args"][0]["error"]["code"] == "bad_request"
+
+
+async def test_a_since_that_is_not_an_offset_is_a_connect_error(
+    start_gateway: GatewayFactory, node_clients: NodeFactory
+) -> None:
+    gateway = await start_gateway()
+    clients = await node_clients(gateway)
+    auth = {"token": mint("42"), "since": "-1"}
+    line = await clients.connect("a", "notifications", connected=False, auth=auth)
+    assert line["type"] == "connect_error"
+    assert line["data"] == {"code": "bad_request", "status": 400}
+    assert len(gateway.node.hub) == 0
+    # The dashboard has no offsets: `since` means nothing there and is ignored.
+    await clients.connect("d", "dashboard", auth=auth)

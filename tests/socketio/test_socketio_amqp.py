@@ -7,12 +7,13 @@ Services are played by a plain aio-pika client publishing to this test's events 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
-from tests.broker import AmqpGatewayFactory, Names, Service
+from tests.broker import AmqpGatewayFactory, Names, Service, StartRecovering
 from tests.conftest import mint, receive
 from tests.socketio.conftest import NodeFactory
 
@@ -132,6 +133,39 @@ async def test_a_native_and_a_socketio_client_of_one_user_get_the_same_notificat
     assert sio_frame["id"] == ident
     assert await receive(same_replica) == sio_frame
     assert await receive(other_replica) == sio_frame
+
+
+async def test_a_socketio_client_resumes_on_another_replica_from_the_stream(
+    start_recovering: StartRecovering,
+    service: Service,
+    node_clients: NodeFactory,
+    transport_opts: dict[str, Any],
+) -> None:
+    a = await start_recovering()
+    b = await start_recovering()
+    on_a, on_b = await node_clients(a.gateway), await node_clients(b.gateway)
+    token = mint("erin")
+    await on_a.connect("tab", "notifications", auth={"token": token}, **transport_opts)
+    first = await service.publish("notification.user.erin", {"data": {"n": 0}})
+    frame = await on_a.event("tab", "notification_new")
+    assert frame["id"] == first
+    since = frame["offset"]
+    await on_a.close("tab")
+    missed = [await service.publish("notification.user.erin", {"data": {"n": n}}) for n in (1, 2)]
+    await service.publish("notification.user.frank", {"data": "not erin's"})
+    history = b.backbone.history
+    assert history is not None
+    await asyncio.wait_for(history.wait_offset(since, 5), 6)
+
+    # The load balancer sends the reconnect to the other replica: it replays from the stream.
+    auth = {"token": token, "since": since}
+    await on_b.connect("tab", "notifications", auth=auth, **transport_opts)
+    lines = [await on_b.expect(name="tab", type="event") for _ in range(3)]
+    assert [line["event"] for line in lines] == ["notification_new"] * 2 + ["resumed"]
+    assert [line["args"][0]["id"] for line in lines[:2]] == missed
+    assert lines[2]["args"][0]["data"] == {"recovered": True, "replayed": 2}
+    live = await service.publish("notification.user.erin", {"data": {"n": 3}})
+    assert (await on_b.event("tab", "notification_new"))["id"] == live
 
 
 @pytest.mark.parametrize(
