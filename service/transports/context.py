@@ -22,8 +22,8 @@ class Gateway:
     node: Node
     auth: Authenticator
     metrics: Metrics
-    #: per-namespace frames_out accumulators of the WebSocket fast path (transports.ws)
-    ws_frames_out: dict[Any, Any] = field(default_factory=dict)
+    #: frames_out accumulators of the fast paths, by (namespace, transport) (transports.ws)
+    frames_out_counters: dict[tuple[Any, str], Any] = field(default_factory=dict)
     ws_framer: WireFramer = field(default_factory=WireFramer)  # the fast path's frame memo
 
 

@@ -24,10 +24,18 @@ Socket.IO namespace connection is a `Session` in the same hub, fed by the same f
   per namespace, not once per socket.
 - Backpressure: Engine.IO keeps an unbounded `asyncio.Queue` per client, which its transports
   empty only as fast as the client reads (a polling client that stops asking, or a WebSocket
-  whose `send` waits for the peer to drain its TCP window). The session's writer therefore
-  hands Engine.IO the next batch only once it took the previous one (`queue.join()`), so the
-  backlog stays in the session's byte-bounded buffer, where overflow closes with 4008 as for
-  native sockets. At most one batch waits in Engine.IO's queue and one in its writer.
+  whose `send` waits for the peer to drain its TCP window). While a connection polls, the
+  session's writer task hands Engine.IO the next batch only once it took the previous one
+  (`queue.join()`), so the backlog stays in the session's byte-bounded buffer, where overflow
+  closes with 4008 as for native sockets. At most one batch waits in Engine.IO's queue and
+  one in its writer.
+- Fast path: once the connection runs on a WebSocket (from the start, or after the upgrade),
+  the writer task queues a marker behind Engine.IO's packets and ends; when Engine.IO's
+  writer reaches the marker, the session gets a sink (the native `WireSink`, with `ws_wire`)
+  that writes its frames straight to the TCP transport, as native sockets do: each event
+  framed once for every socket, one write per socket per loop iteration, and the transport's
+  buffered bytes counted against the budget. Engine.IO keeps sending its own packets
+  (pings, CONNECT and DISCONNECT answers), whole frames at a time.
 - Closes: Socket.IO has no close codes. 1000, 4001 and 4029 disconnect the namespace (the
   client sees `io server disconnect` and does not reconnect by itself, as it should not with
   an expired token or after flooding). 4008, 1001 and 1011 close the whole Engine.IO
@@ -39,10 +47,12 @@ Across replicas and worker processes, long-polling needs every request of one En
 session to reach the same process: the ingress keeps clients on one pod with cookie affinity
 (docs/migration.md); WebSocket-only clients need nothing.
 
-Two private corners of python-socketio are used, each covered by tests: the server subclass
+Private corners of python-socketio are used, each covered by tests: the server subclass
 hooks `_handle_connect` (to start a session's writer only after the CONNECT answer is queued)
-and `_handle_event_internal` (to learn the ack id); and Engine.IO's aiohttp WebSocket class is
-replaced so the WebSocket is created without permessage-deflate, like native sockets.
+and `_handle_event_internal` (to learn the ack id); Engine.IO's aiohttp WebSocket class is
+replaced so the WebSocket is created without permessage-deflate, like native sockets, and so
+the fast path can find it (by the Engine.IO socket its handler is bound to) and take over at
+the marker (which its `send` recognises).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,7 +82,13 @@ from service.ratelimit import RateLimiter, Verdict
 from service.recovery import parse_since
 from service.session import Session
 from service.transports.context import GATEWAY, Gateway, error_response
-from service.transports.ws import check_origin, principal_for_token
+from service.transports.wire import text_frame
+from service.transports.ws import (
+    WireSink,
+    check_origin,
+    frames_out_counter,
+    principal_for_token,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +115,7 @@ class SocketIOFrame(bytes):
     """
 
     packet: Any
+    wire: bytes  # its WebSocket frame, once the fast path framed it (see ws_wire)
 
     @classmethod
     def of(cls, text: bytes) -> SocketIOFrame:
@@ -200,7 +218,12 @@ class _Conn:
 class _WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     """Engine.IO's aiohttp WebSocket, created like a native one: no permessage-deflate
     (a zlib context per socket costs memory, and every frame would be compressed once per
-    socket instead of once per event) and a bounded closing handshake."""
+    socket instead of once per event) and a bounded closing handshake. While it runs, it is
+    listed in `registry` under its Engine.IO session id, for the fast path."""
+
+    def __init__(self, handler: Any, server: Any, *, registry: dict[str, _Wire]) -> None:
+        super().__init__(handler, server)
+        self._registry = registry
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request = environ["aiohttp.request"]
@@ -213,8 +236,64 @@ class _WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         )
         await self._sock.prepare(request)
         self.environ = environ
-        await self.handler(self)
+        # The handler is the bound `_websocket_handler` of the Engine.IO socket.
+        sid: str | None = getattr(getattr(self.handler, "__self__", None), "sid", None)
+        if sid is not None and request.transport is not None:
+            self._registry[sid] = _Wire(self._sock, request.transport)
+        try:
+            await self.handler(self)
+        finally:
+            if sid is not None and (wire := self._registry.get(sid)) and wire.ws is self._sock:
+                self._registry.pop(sid)
         return self._sock
+
+    async def send(self, message: Any) -> None:
+        if isinstance(message, _SwitchMarker):
+            message.switch()  # the fast path's turn (see _SwitchPacket): nothing to send
+            return
+        await super().send(message)
+
+
+@dataclass(slots=True, frozen=True)
+class _Wire:
+    """The aiohttp WebSocket of an Engine.IO session, and its TCP transport."""
+
+    ws: web.WebSocketResponse
+    transport: asyncio.BaseTransport
+
+
+class _SwitchMarker(str):
+    """What a `_SwitchPacket` encodes to: `_WebSocket.send` runs `switch` instead of sending."""
+
+    switch: Callable[[], None]
+
+
+class _SwitchPacket(eio_packet.Packet):  # type: ignore[misc]
+    """A packet that is never sent: Engine.IO's WebSocket writer hands `_WebSocket.send` its
+    encoding, a `_SwitchMarker`, and the WebSocket calls `switch` instead of sending it.
+
+    The writer sends its packets one by one, each written to the transport before the next
+    is encoded: when this one comes up, every packet queued before it is on the wire, so
+    frames written straight to the transport from then on keep their order.
+    """
+
+    def __init__(self, switch: Callable[[], None]) -> None:
+        super().__init__(eio_packet.NOOP)
+        self._switch = switch
+
+    def encode(self, b64: bool = False) -> Any:
+        marker = _SwitchMarker(super().encode(b64))
+        marker.switch = self._switch
+        return marker
+
+
+def ws_wire(frame: bytes) -> bytes:
+    """The WebSocket bytes of a SocketIOFrame, framed once and kept on the shared frame."""
+    wire: bytes | None = getattr(frame, "wire", None)
+    if wire is None:
+        wire = text_frame(b"4" + frame)
+        cast(SocketIOFrame, frame).wire = wire
+    return wire
 
 
 class _Server(socketio.AsyncServer):  # type: ignore[misc]
@@ -278,7 +357,9 @@ class SocketIOTransport:
             engineio_logger=logging.getLogger("engineio.server"),
         )
         # A copy: the driver table is a module global shared by every Engine.IO server.
-        self.sio.eio._async = {**self.sio.eio._async, "websocket": _WebSocket}
+        self._wires: dict[str, _Wire] = {}  # Engine.IO sid → its running WebSocket
+        websocket = functools.partial(_WebSocket, registry=self._wires)
+        self.sio.eio._async = {**self.sio.eio._async, "websocket": websocket}
         self.sio.on("connect", self._on_connect, namespace="*")
         self.sio.on("disconnect", self._on_disconnect, namespace="*")
         self.sio.on("*", self._on_event, namespace="*")
@@ -512,6 +593,8 @@ class SocketIOTransport:
                 # Engine.IO's queue has no bound: hand it the next batch only once its
                 # transport took the previous one (see the module docstring).
                 await socket.queue.join()
+                if self._switch_to_wire(conn, socket):
+                    return  # the session's sink writes from now on; this task is done
                 batch = await session.next_batch()
                 if batch is None:
                     return
@@ -521,6 +604,27 @@ class SocketIOTransport:
         except EngineIOError:  # the socket closed under us
             pass
         session.close(CloseCode.NORMAL, "transport closed")
+
+    def _switch_to_wire(self, conn: _Conn, socket: Any) -> bool:
+        """Once the connection runs on a WebSocket, move the session to the fast path.
+
+        Queues a `_SwitchPacket`: when Engine.IO's writer reaches it, the session gets a
+        `WireSink` (frames pushed in between wait in the session's buffer, under its
+        budget). True when the switch is under way.
+        """
+        wire = self._wires.get(conn.eio_sid)
+        if wire is None or not socket.upgraded or wire.ws.closed:
+            return False
+        session = conn.session
+        counter = frames_out_counter(self._gateway, session.namespace, TRANSPORT)
+        sink = WireSink(wire.ws, wire.transport, counter, ws_wire)
+
+        def switch() -> None:
+            if not session.closed and not wire.ws.closed and not wire.transport.is_closing():
+                session.attach_sink(sink)
+
+        socket.queue.put_nowait(_SwitchPacket(switch))
+        return True
 
     async def _close(self, conn: _Conn) -> None:
         """Close the client the way the session's close code asks for."""

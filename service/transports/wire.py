@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from typing import Any
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -45,3 +47,27 @@ class WireFramer:
                     self._memo.clear()
                 self._memo[payload] = framed
         return framed
+
+
+class FrameCounter:
+    """frames_out of one namespace and transport, added to Prometheus once per loop iteration
+    (not once per socket) by the fast paths that write without a writer task."""
+
+    __slots__ = ("_child", "_count", "_scheduled")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._count = 0
+        self._scheduled = False
+
+    def add(self, n: int) -> None:
+        """Count `n` frames written."""
+        self._count += n
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._scheduled = False
+        count, self._count = self._count, 0
+        self._child.inc(count)

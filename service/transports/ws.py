@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -24,7 +25,7 @@ from service.ratelimit import RateLimiter, Verdict
 from service.recovery import parse_since
 from service.session import Session
 from service.transports.context import GATEWAY, Gateway, error_response
-from service.transports.wire import WireFramer
+from service.transports.wire import FrameCounter
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +131,8 @@ async def _serve(
     # loop iteration (see WireSink); this handler task is the connection's only task.
     transport = request.transport
     assert transport is not None  # prepared just now
-    sink = WireSink(ws, transport, _frames_out(gateway, session), gateway.ws_framer)
+    frames_out = frames_out_counter(gateway, session.namespace, "ws")
+    sink = WireSink(ws, transport, frames_out, gateway.ws_framer.wire)
     session.attach_sink(sink, on_close)
     log.info("connected", transport="ws")
     config = gateway.config
@@ -202,6 +204,9 @@ class WireSink:
     close); both write whole frames synchronously, so they never interleave. Nothing is
     written once aiohttp started the closing handshake. Returns the transport's buffered
     bytes, which the session counts against its budget (slow consumer = 4008).
+
+    `wire` turns a buffered frame into its WebSocket bytes: `WireFramer.wire` for native
+    frames, `socketio.ws_wire` for Socket.IO packets on the Socket.IO fast path.
     """
 
     __slots__ = ("_counter", "_transport", "_wire", "_ws")
@@ -210,13 +215,13 @@ class WireSink:
         self,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport | Any,
-        counter: _Counter,
-        framer: WireFramer,
+        counter: FrameCounter,
+        wire: Callable[[bytes], bytes],
     ) -> None:
         self._ws = ws
         self._transport = transport
         self._counter = counter
-        self._wire = framer.wire
+        self._wire = wire
 
     def __call__(self, frames: list[bytes]) -> int:
         transport = self._transport
@@ -231,34 +236,13 @@ class WireSink:
         return int(transport.get_write_buffer_size())
 
 
-class _Counter:
-    """frames_out for one namespace, added to Prometheus once per loop iteration, not per socket."""
-
-    __slots__ = ("_child", "_count", "_scheduled")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self._count = 0
-        self._scheduled = False
-
-    def add(self, n: int) -> None:
-        self._count += n
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._publish)
-
-    def _publish(self) -> None:
-        self._scheduled = False
-        count, self._count = self._count, 0
-        self._child.inc(count)
-
-
-def _frames_out(gateway: Gateway, session: Session) -> _Counter:
-    counters = gateway.ws_frames_out
-    counter = counters.get(session.namespace)
+def frames_out_counter(gateway: Gateway, namespace: Namespace, transport: str) -> FrameCounter:
+    """The app's frames_out accumulator for one namespace and transport (made on first use)."""
+    counters = gateway.frames_out_counters
+    counter = counters.get((namespace, transport))
     if counter is None:
-        counter = _Counter(gateway.metrics.frames_out.labels(session.namespace, "ws"))
-        counters[session.namespace] = counter
+        counter = FrameCounter(gateway.metrics.frames_out.labels(namespace, transport))
+        counters[(namespace, transport)] = counter
     return counter
 
 

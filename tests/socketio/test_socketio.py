@@ -18,6 +18,7 @@ import pytest
 
 from service.backbone.memory import MemoryBackbone, UpstreamRecord
 from service.transports.socketio import SOCKETIO
+from tests.broker import until
 from tests.conftest import GatewayFactory, mint, receive
 from tests.socketio.conftest import NodeFactory
 
@@ -669,3 +670,35 @@ async def test_a_since_that_is_not_an_offset_is_a_connect_error(
     assert len(gateway.node.hub) == 0
     # The dashboard has no offsets: `since` means nothing there and is ignored.
     await clients.connect("d", "dashboard", auth=auth)
+
+
+async def test_on_a_websocket_frames_bypass_engine_io_in_order_with_acks(
+    start_gateway: GatewayFactory, node_clients: NodeFactory, transport_opts: dict[str, Any]
+) -> None:
+    """Once on a WebSocket, a session writes straight to the transport (the fast path)."""
+    gateway = await start_gateway()
+    clients = await node_clients(gateway)
+    await clients.connect("d", "dashboard", auth={"token": mint("7")}, **transport_opts)
+    await _wait_upgraded(clients, "d", transport_opts)
+    engine = next(iter(gateway.app[SOCKETIO].sio.eio.sockets.values()))
+    await until(lambda: engine.upgraded, 5, "the server side of the upgrade")
+    first = await gateway.publish("dashboard.sales", {"n": 0})
+    assert (await clients.event("d", "dashboard_update"))["id"] == first
+    outbox = gateway.node.outbox
+    flushed = outbox.flushed_frames
+
+    # Engine.IO took the first event: every frame after it goes through the session's sink.
+    sent = [await gateway.publish("dashboard.sales", {"n": n}) for n in range(1, 4)]
+    answer = await clients.emit("d", "subscribe", {"topics": ["ops"]}, ack=True)
+    after = await gateway.publish("dashboard.ops", {"n": 4})
+
+    got = [(await clients.event("d", "dashboard_update"))["id"] for _ in sent]
+    assert got == sent
+    assert answer is not None
+    assert answer["args"] == [{"topics": ["ops"]}]
+    assert (await clients.event("d", "dashboard_update"))["id"] == after
+    assert outbox.flushed_frames - flushed == len(sent) + 2  # the events, the ack, `after`
+    text = await (await gateway.client.get("/metrics")).text()
+    assert (
+        'realtime_gateway_frames_out_total{gateway_namespace="dashboard",transport="socketio"} 6.0'
+    ) in text

@@ -8,7 +8,8 @@ from service import codec, routing
 from service.hub import Hub
 from service.model import Namespace, Principal
 from service.session import Session
-from service.transports.socketio import PacketEncoder, SocketIOFrame
+from service.transports.socketio import PacketEncoder, SocketIOFrame, ws_wire
+from service.transports.wire import text_frame
 
 
 def _args(packet: bytes, prefix: bytes) -> object:
@@ -91,3 +92,13 @@ def test_socketio_frames_pass_through_the_encoder() -> None:
     ack = SocketIOFrame.of(codec.socketio_ack_packet("dashboard", 1, None))
     assert encoder(ack) is ack
     assert encoder.encoded == 0
+
+
+def test_the_websocket_wire_is_engine_ios_encoding_framed_once() -> None:
+    for size in (10, 200, 70_000):  # the three WebSocket length encodings
+        frame = codec.encode_event("notification_new", {"pad": "x" * size}, "i", 1)
+        packet = SocketIOFrame.of(codec.socketio_event_packet("notifications", frame))
+        wire = ws_wire(packet)
+        # What Engine.IO's own writer would send for this packet, as one TEXT frame.
+        assert wire == text_frame(packet.packet.encode().encode())
+        assert ws_wire(packet) is wire  # framed once, kept on the shared frame
