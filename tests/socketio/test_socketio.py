@@ -581,8 +581,8 @@ async def test_websocket_client_that_stops_reading_is_closed_without_slowing_oth
         await ws.send_str("40/notifications," + orjson.dumps({"token": mint("2")}).decode())
         assert (await ws.receive_str(timeout=5)).startswith("40/notifications,")
         slow = next(s for s in gateway.node.hub.sessions() if s.user_id == "2")
-        # From here on it reads nothing: the kernel's buffers fill, then Engine.IO's writer
-        # blocks in send, then the session's buffer overflows.
+        # From here on it reads nothing: the kernel's buffers fill, then the transport's
+        # write buffer (the fast path writes there and counts it), and the budget overflows.
         sent, worst = await _publish_until_closed(gateway, clients, slow, 16 * 1024, 2000)
         assert slow.close_code == 4008, f"still open after {sent} events"
         assert worst < 1.0, f"the healthy client waited {worst:.3f}s for an event"
