@@ -137,6 +137,14 @@ class Supervisor:
                 port=self._port,
                 metrics_dir=self._metrics_dir,
             )
+            # The kernel spreads connections over the workers, not Engine.IO sessions: one
+            # long-polling session's requests can reach a worker that does not hold it.
+            log.warning(
+                "socketio_polling_needs_one_worker",
+                workers=len(self.workers),
+                advice="Socket.IO clients on HTTP long-polling (the default options) need "
+                "GATEWAY_WORKERS=1; WebSocket-only clients and native sockets are unaffected",
+            )
             while not self._stopping:
                 now = time.monotonic()
                 for worker in self.workers:

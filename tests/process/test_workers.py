@@ -93,6 +93,7 @@ async def test_workers_share_one_port_and_are_restarted(http: aiohttp.ClientSess
         assert {r["port"] for r in listening} == {gateway.port}
         started = {r["worker"]: r["pid"] for r in gateway.matching(_event("worker_started"))}
         assert len(set(started.values())) == 2
+        assert gateway.matching(_event("socketio_polling_needs_one_worker", workers=2))
 
         sockets = {
             user: await http.ws_connect(
