@@ -79,7 +79,6 @@ from service.auth import bearer_token
 from service.errors import BackboneUnavailable, CloseCode, ErrorCode, ProtocolError, Refused
 from service.model import ClientMessage, Namespace
 from service.ratelimit import RateLimiter, Verdict
-from service.recovery import parse_since
 from service.session import Session
 from service.transports.context import GATEWAY, Gateway, error_response
 from service.transports.wire import text_frame
@@ -88,6 +87,7 @@ from service.transports.ws import (
     check_origin,
     frames_out_counter,
     principal_for_token,
+    resume_offset,
 )
 
 log = structlog.get_logger(__name__)
@@ -704,12 +704,7 @@ def _resume_offset(namespace: Namespace, auth: Any, request: web.Request | None)
     value = auth.get("since") if isinstance(auth, dict) else None
     if value is None and request is not None:
         value = request.query.get("since")
-    if value is None:
-        return None
-    try:
-        return parse_since(value)
-    except ProtocolError as exc:
-        raise Refused(400, str(exc.code), exc.message) from None
+    return None if value is None else resume_offset(value)
 
 
 def _contains_binary(value: Any) -> bool:

@@ -103,8 +103,8 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def resume_offset(value: str) -> int:
-    """The `since` query parameter (recovery); Refused(400) when it is not an offset."""
+def resume_offset(value: object) -> int:
+    """A handshake's `since` (recovery); Refused(400) when it is not an offset."""
     try:
         return parse_since(value)
     except ProtocolError as exc:
