@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -54,3 +54,25 @@ async def node_clients(socketio_client_modules: Path) -> AsyncIterator[NodeFacto
     yield start
     for clients in started:
         await clients.stop()
+
+
+# Default options (long-polling first, then the WebSocket upgrade) and WebSocket only.
+TRANSPORTS = {
+    "polling-first": {},
+    "websocket-only": {"transports": ["websocket"]},
+}
+
+
+@pytest.fixture(params=list(TRANSPORTS))
+def transport_opts(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Client options for each way a socket.io-client may connect."""
+    return dict(TRANSPORTS[request.param])
+
+
+async def expect_replay(clients: NodeClients, name: str, missed: list[str]) -> None:
+    """Socket `name`'s next events are the `missed` notifications in order, then `resumed`
+    with `recovered: true`."""
+    lines = [await clients.expect(name=name, type="event") for _ in range(len(missed) + 1)]
+    assert [line["event"] for line in lines] == ["notification_new"] * len(missed) + ["resumed"]
+    assert [line["args"][0]["id"] for line in lines[:-1]] == missed
+    assert lines[-1]["args"][0]["data"] == {"recovered": True, "replayed": len(missed)}

@@ -20,19 +20,8 @@ from service.backbone.memory import MemoryBackbone, UpstreamRecord
 from service.transports.socketio import SOCKETIO
 from tests.broker import until
 from tests.conftest import GatewayFactory, mint, receive
-from tests.socketio.conftest import NodeFactory
-
-# Default options (long-polling first, then the WebSocket upgrade) and WebSocket only.
-TRANSPORTS = {
-    "polling-first": {},
-    "websocket-only": {"transports": ["websocket"]},
-}
-
-
-@pytest.fixture(params=list(TRANSPORTS))
-def transport_opts(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Client options for each way a socket.io-client may connect."""
-    return dict(TRANSPORTS[request.param])
+from tests.integration.recovery_helpers import last_offset_seen
+from tests.socketio.conftest import NodeFactory, expect_replay
 
 
 async def _wait_upgraded(clients: Any, name: str, opts: dict[str, Any]) -> None:
@@ -602,10 +591,7 @@ async def test_a_socketio_client_resumes_with_the_resume_event(
     start_gateway: GatewayFactory, node_clients: NodeFactory
 ) -> None:
     gateway = await start_gateway()
-    native = await gateway.connect("notifications", user="42")
-    await gateway.publish("notification.user.42", {"n": 0})
-    since = (await receive(native))["offset"]
-    await native.close()
+    since = await last_offset_seen(gateway, "42")
     missed = [await gateway.publish("notification.user.42", {"n": n}) for n in (1, 2, 3)]
     clients = await node_clients(gateway)
     await clients.connect(
@@ -617,10 +603,7 @@ async def test_a_socketio_client_resumes_with_the_resume_event(
     assert answer is not None
     assert answer["args"] == [{"recovered": True, "replayed": 3}]
     # In order: the replay, then `resumed` (the first four events the client got).
-    lines = [await clients.expect(name="a", type="event") for _ in range(4)]
-    assert [line["event"] for line in lines] == ["notification_new"] * 3 + ["resumed"]
-    assert [line["args"][0]["id"] for line in lines[:3]] == missed
-    assert lines[3]["args"][0]["data"] == {"recovered": True, "replayed": 3}
+    await expect_replay(clients, "a", missed)
 
 
 @pytest.mark.parametrize("where", ["auth", "query"])
@@ -631,10 +614,7 @@ async def test_a_socketio_client_resumes_with_since_on_connect(
     where: str,
 ) -> None:
     gateway = await start_gateway()
-    native = await gateway.connect("notifications", user="42")
-    await gateway.publish("notification.user.42", {"n": 0})
-    since = (await receive(native))["offset"]
-    await native.close()
+    since = await last_offset_seen(gateway, "42")
     missed = [await gateway.publish("notification.user.42", {"n": n}) for n in (1, 2, 3)]
     clients = await node_clients(gateway)
     auth: dict[str, Any] = {"token": mint("42")}
@@ -646,10 +626,7 @@ async def test_a_socketio_client_resumes_with_since_on_connect(
     await clients.connect("a", "notifications", auth=auth, **transport_opts)
 
     # In order: the replay, then `resumed`, then live traffic.
-    lines = [await clients.expect(name="a", type="event") for _ in range(4)]
-    assert [line["event"] for line in lines] == ["notification_new"] * 3 + ["resumed"]
-    assert [line["args"][0]["id"] for line in lines[:3]] == missed
-    assert lines[3]["args"][0]["data"] == {"recovered": True, "replayed": 3}
+    await expect_replay(clients, "a", missed)
     live = await gateway.publish("notification.user.42", {"n": 4})
     assert (await clients.event("a", "notification_new"))["id"] == live
     # The connection has resumed: a second resume is refused in the ack.

@@ -15,21 +15,9 @@ import pytest
 
 from tests.broker import AmqpGatewayFactory, Names, Service, StartRecovering
 from tests.conftest import mint, receive
-from tests.socketio.conftest import NodeFactory
+from tests.socketio.conftest import NodeFactory, expect_replay
 
 pytestmark = pytest.mark.amqp
-
-# Default options (long-polling first, then the WebSocket upgrade) and WebSocket only.
-TRANSPORTS = {
-    "polling-first": {},
-    "websocket-only": {"transports": ["websocket"]},
-}
-
-
-@pytest.fixture(params=list(TRANSPORTS))
-def transport_opts(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Client options for each way a socket.io-client may connect."""
-    return dict(TRANSPORTS[request.param])
 
 
 async def test_events_published_to_rabbitmq_reach_socketio_clients(
@@ -163,10 +151,7 @@ async def test_a_socketio_client_resumes_on_another_replica_from_the_stream(
     # The load balancer sends the reconnect to the other replica: it replays from the stream.
     auth = {"token": token, "since": since}
     await on_b.connect("tab", "notifications", auth=auth, **transport_opts)
-    lines = [await on_b.expect(name="tab", type="event") for _ in range(3)]
-    assert [line["event"] for line in lines] == ["notification_new"] * 2 + ["resumed"]
-    assert [line["args"][0]["id"] for line in lines[:2]] == missed
-    assert lines[2]["args"][0]["data"] == {"recovered": True, "replayed": 2}
+    await expect_replay(on_b, "tab", missed)
     live = await service.publish("notification.user.erin", {"data": {"n": 3}})
     assert (await on_b.event("tab", "notification_new"))["id"] == live
 
