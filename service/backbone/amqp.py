@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import random
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,12 +68,15 @@ from aio_pika.abc import (
     DeliveryMode,
     ExchangeType,
 )
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
 from service import codec, routing
 from service.backbone.base import OnEvent
+from service.backbone.dead_letters import DeadLetterPublisher
+from service.backbone.errors import LINK_ERRORS
+from service.backbone.settle import Settler
 from service.backbone.stream import STREAM_NAME, NotificationStream
+from service.backbone.tap import Delivery, DeliveryTap, TapTransportFactory, fallback
 from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ErrorCode, ProtocolError
 from service.metrics import Metrics
@@ -87,8 +91,7 @@ TS_HEADER = "x-timestamp-ms"
 DEAD_LETTER_EXCHANGE = "realtime.dlx"
 DEAD_LETTER_QUEUE = "realtime.dead"
 QUEUE_PREFIX = "realtime.gateway."
-#: Errors that mean "the broker link is gone or refused us", as aio-pika classifies them.
-LINK_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, TimeoutError)
+NOTIFICATION_PREFIX = "notification."
 
 
 def default_event(kind: KeyKind) -> str:
@@ -148,10 +151,9 @@ class _Link:
     events: AbstractExchange
     upstream: AbstractExchange
     queue: AbstractQueue
+    tap: DeliveryTap  # the connection's reader: deliveries reach _on_delivery through it
+    settler: Settler  # the consumer channel's acks and rejects
     consumer_tag: str | None = None
-    settler: asyncio.Task[None] | None = None  # sends the batched acks and the rejects
-    settle: list[tuple[int, bool]] = field(default_factory=list)  # (delivery tag, reject)
-    settle_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class AmqpBackbone:
@@ -220,6 +222,9 @@ class AmqpBackbone:
                 on_reader=lambda: self.metrics.stream_readers.inc(),
                 **(stream_options or {}),
             )
+        self._dead_letters = DeadLetterPublisher(
+            dead_letter_exchange, source_queue=recovery_stream, instance=instance_id
+        )
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> AmqpBackbone:
@@ -247,8 +252,16 @@ class AmqpBackbone:
 
     @property
     def bindings(self) -> frozenset[str]:
-        """The keys the instance queue is bound to (re-applied after every reconnect)."""
+        """The keys this instance receives (re-applied after every reconnect).
+
+        With the notification stream on, notification keys are served by the stream, which
+        carries every notification already: they are kept here, not bound on the broker.
+        """
         return frozenset(self._keys)
+
+    def _on_broker(self, key: str) -> bool:
+        """Whether `key` is bound on the broker (not served by the notification stream)."""
+        return self.history is None or not key.startswith(NOTIFICATION_PREFIX)
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Return once ready; TimeoutError after `timeout_s`."""
@@ -340,6 +353,9 @@ class AmqpBackbone:
         # channel's methods in order, so the last one's BindOk means all are in place (an
         # error in any closes the channel and fails the last). This saves a round trip per
         # key; the broker's own rate (about 1,500 bindings/s here) is the limit then.
+        keys = [key for key in keys if self._on_broker(key)]
+        if not keys:
+            return
         queue = link.queue.name
         for key in keys[:-1]:
             await link.binder_rpc.queue_bind(queue, self.exchange, key, nowait=True)
@@ -348,6 +364,8 @@ class AmqpBackbone:
     async def _unbind_on(self, link: _Link, keys: list[str]) -> None:
         # queue.unbind has no nowait in AMQP 0-9-1: one round trip each.
         for key in keys:
+            if not self._on_broker(key):
+                continue
             await link.binder_rpc.queue_unbind(link.queue.name, self.exchange, key)
 
     # -- publishing -----------------------------------------------------------------------
@@ -402,137 +420,136 @@ class AmqpBackbone:
 
     # -- consuming ------------------------------------------------------------------------
 
-    async def _on_delivery(self, link: _Link, message: aiormq.abc.DeliveredMessage) -> None:
-        # aiormq starts one task per delivery, in delivery order, and everything here runs
-        # without an await, so events leave in the order the broker delivered them. This is
-        # aiormq's channel-level consumer: aio-pika's IncomingMessage wrapper (about a third
-        # of the per-message cost) is skipped, and nothing is acked one by one (see _settle).
-        tag = message.delivery_tag
-        if tag is None:
-            return
+    def _on_delivery(self, link: _Link, delivery: Delivery) -> None:
+        # Called by the connection's DeliveryTap, synchronously and in delivery order, for
+        # each message of the instance queue: decoded once, handed to the node, then marked
+        # for the batched ack (the contract's "ack after queued").
         try:
-            event = self._decode(message)
+            event = self._decode(delivery)
         except _Unusable as exc:
-            self._dead_letter(link, message, exc.reason, exc.detail)
+            self._dead_letter(delivery, exc.reason, exc.detail)
+            link.settler.reject(delivery.delivery_tag)
             return
         on_event = self._on_event
         if on_event is None:  # closing
             return
-        if self.history is not None and not event.routing_key.startswith(routing.DASHBOARD_PREFIX):
-            on_event = _ignore  # the stream delivers notifications, with their offsets
         try:
             on_event(event)
         except Exception as exc:
             log.exception("event_failed", message_id=event.id, routing_key=event.routing_key)
-            self._dead_letter(link, message, "internal", repr(exc))
+            self._dead_letter(delivery, "internal", repr(exc))
+            link.settler.reject(delivery.delivery_tag)
             return
-        settle = link.settle
-        if settle and not settle[-1][1]:
-            settle[-1] = (tag, False)  # one ack with multiple=True covers the run
-        else:
-            settle.append((tag, False))
-            link.settle_wake.set()
+        link.settler.ack(delivery.delivery_tag)
 
-    async def _settle(self, link: _Link) -> None:
-        """Send acks and rejects in delivery order; one `multiple` ack per run of good ones.
-
-        Deliveries are acked after `on_event` queued them for every target socket (the
-        contract's "ack after queued"); a batch is sent once per loop iteration at most, so
-        a burst of a thousand messages costs a few ack frames instead of a thousand.
-        """
-        channel = link.consumer_rpc
-        with contextlib.suppress(*LINK_ERRORS):  # lost with the link: at most once
-            while True:
-                await link.settle_wake.wait()
-                link.settle_wake.clear()
-                batch, link.settle = link.settle, []
-                for tag, reject in batch:
-                    if reject:
-                        await channel.basic_reject(tag, requeue=False)
-                    else:
-                        await channel.basic_ack(tag, multiple=True, wait=False)
-
-    def _decode(self, message: aiormq.abc.DeliveredMessage) -> Event:
-        key = message.routing_key or ""
+    def _decode(self, delivery: Delivery) -> Event:
+        key = delivery.routing_key
         route = routing.parse(key)
         if route is None:
             raise _Unusable("routing_key", f"routing key {key!r} is outside the contract")
-        props = message.header.properties
+        props = delivery.properties
         content_type = props.content_type or ""
         if content_type != JSON:  # the common case needs no normalising
             content_type = content_type.partition(";")[0].strip().lower()
         if content_type and content_type != JSON:
             raise _Unusable("content_type", f"content type {content_type!r} is not {JSON}")
         try:
-            name, data = codec.decode_backbone_body(message.body, default_event(route.kind))
+            name, data = codec.decode_backbone_body(delivery.body, default_event(route.kind))
         except ProtocolError as exc:
             raise _Unusable("body", exc.message) from None
-        headers = props.headers or {}
-        return Event(
-            key,
-            name,
-            data,
-            props.message_id or uuid.uuid4().hex,
-            _timestamp_ms(headers.get(TS_HEADER), props.timestamp),
-            origin=_text(headers.get(ORIGIN_HEADER)),
-        )
+        headers = props.headers
+        if headers:
+            ts = _timestamp_ms(headers.get(TS_HEADER), props.timestamp)
+            origin = _text(headers.get(ORIGIN_HEADER))
+        else:
+            ts, origin = _timestamp_ms(None, props.timestamp), None
+        return Event(key, name, data, props.message_id or uuid.uuid4().hex, ts, origin=origin)
 
-    def _decode_entry(self, message: aiormq.abc.DeliveredMessage) -> Event | None:
-        """A notification read from the stream, or None when it is not a usable one."""
+    def _on_stream_entry(self, delivery: Delivery, offset: int) -> Event | None:
+        """A live entry of the notification stream: decoded and handed on, or dead-lettered.
+
+        With the stream on, the instance queue has no notification bindings (each
+        notification crosses the link once), so an unusable one is dead-lettered here, by
+        every instance whose own bindings would have taken it: the same copies as before.
+        """
         try:
-            event = self._decode(message)
+            event = self._decode(delivery)
+        except _Unusable as exc:
+            if self._wants(delivery.routing_key):
+                self._dead_letter(delivery, exc.reason, exc.detail, republish=True)
+            return None
+        if event.routing_key.startswith(routing.DASHBOARD_PREFIX):
+            return None
+        event = dataclasses.replace(event, offset=offset)
+        on_event = self._on_event
+        if on_event is not None:
+            try:
+                on_event(event)
+            except Exception:
+                log.exception("event_failed", message_id=event.id, routing_key=event.routing_key)
+        return event
+
+    def _decode_entry(self, delivery: Delivery) -> Event | None:
+        """A notification read back from the stream (replay), or None when it is unusable."""
+        try:
+            event = self._decode(delivery)
         except _Unusable:
             return None
         return None if event.routing_key.startswith(routing.DASHBOARD_PREFIX) else event
 
-    def _on_stream_event(self, event: Event) -> None:
-        on_event = self._on_event
-        if on_event is None:  # closing
-            return
-        try:
-            on_event(event)
-        except Exception:
-            log.exception("event_failed", message_id=event.id, routing_key=event.routing_key)
+    def _wants(self, routing_key: str) -> bool:
+        """Whether this instance's bindings (real or kept by the stream) match the key."""
+        return any(routing.matches(key, routing_key) for key in self._keys)
 
     def _dead_letter(
-        self, link: _Link, message: aiormq.abc.DeliveredMessage, reason: str, detail: str
+        self, delivery: Delivery, reason: str, detail: str, *, republish: bool = False
     ) -> None:
         self.metrics.dead_lettered.labels(reason).inc()
         log.warning(
             "message_dead_lettered",
-            message_id=message.header.properties.message_id,
-            routing_key=message.routing_key,
+            message_id=delivery.properties.message_id,
+            routing_key=delivery.routing_key,
             reason=reason,
             detail=detail[:200],
         )
-        if message.delivery_tag is not None:
-            link.settle.append((message.delivery_tag, True))
-            link.settle_wake.set()
+        if republish:
+            self._dead_letters.put(delivery, reason)
 
     # -- connecting -----------------------------------------------------------------------
 
     async def _establish(self) -> None:
         """Open a link, declare everything, re-apply the bindings, consume; then ready."""
-        connection = await aio_pika.connect(self._url, timeout=self._connect_timeout_s)
+        factory = TapTransportFactory()
+        connection = aio_pika.Connection(self._url)
+        # aio-pika keeps only the options it knows; aiormq takes the factory from here.
+        connection.kwargs["transport_factory"] = factory
+        await connection.connect(timeout=self._connect_timeout_s)
         try:
+            if factory.reader is None:
+                raise RuntimeError("aiormq did not use the gateway's transport factory")
             async with asyncio.timeout(self._connect_timeout_s):
-                link = await self._declare(next(self._generations), connection)
+                link = await self._declare(next(self._generations), connection, factory.reader)
             self._watch(link)
             await self._reapply(link)
             if self.history is not None:
                 generation = link.generation
                 await self.history.attach(
                     connection,
-                    self._on_stream_event,
+                    factory.reader,
+                    self._on_stream_entry,
                     lambda exc: self._on_lost(generation, exc),
                 )
-            link.settler = asyncio.get_running_loop().create_task(
-                self._settle(link), name="amqp-settler"
+            link.settler.start()
+            self._dead_letters.start(await link.control.get_underlay_channel())
+            on_delivery = functools.partial(self._on_delivery, link)
+            tag = f"{self.queue_name}.{link.generation}"
+            link.tap.tap(link.consumer_rpc.number, tag, on_delivery)
+            await link.consumer_rpc.basic_consume(
+                link.queue.name,
+                fallback(on_delivery),
+                consumer_tag=tag,
             )
-            consume_ok = await link.consumer_rpc.basic_consume(
-                link.queue.name, functools.partial(self._on_delivery, link)
-            )
-            link.consumer_tag = consume_ok.consumer_tag
+            link.consumer_tag = tag
             if connection.is_closed:
                 raise aio_pika.exceptions.ConnectionClosed(320, "closed while setting up")
         except BaseException:
@@ -541,7 +558,9 @@ class AmqpBackbone:
         self._link = link
         self._set_ready(True)
 
-    async def _declare(self, generation: int, connection: AbstractConnection) -> _Link:
+    async def _declare(
+        self, generation: int, connection: AbstractConnection, tap: DeliveryTap
+    ) -> _Link:
         control = await connection.channel(publisher_confirms=True)
         events = await control.declare_exchange(self.exchange, ExchangeType.TOPIC, durable=True)
         upstream = await control.declare_exchange(
@@ -561,17 +580,20 @@ class AmqpBackbone:
             arguments={"x-dead-letter-exchange": self.dead_letter_exchange},
         )
         binder = await connection.channel(publisher_confirms=False)
+        consumer_rpc = await consumer.get_underlay_channel()
         return _Link(
             generation=generation,
             connection=connection,
             control=control,
             consumer=consumer,
-            consumer_rpc=await consumer.get_underlay_channel(),
+            consumer_rpc=consumer_rpc,
             binder=binder,
             binder_rpc=await binder.get_underlay_channel(),
             events=events,
             upstream=upstream,
             queue=queue,
+            tap=tap,
+            settler=Settler(consumer_rpc),
         )
 
     def _watch(self, link: _Link) -> None:
@@ -647,11 +669,9 @@ class AmqpBackbone:
 
     async def _discard(self, link: _Link) -> None:
         if self.history is not None:
-            self.history.detach()
-        if link.settler is not None:
-            link.settler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await link.settler
+            await self.history.detach()
+        await link.settler.stop()
+        await self._dead_letters.stop()
         await self._discard_connection(link.connection)
 
     @staticmethod
@@ -661,15 +681,12 @@ class AmqpBackbone:
                 await connection.close()
 
 
-def _ignore(_event: Event) -> None:
-    """An `on_event` that drops the event."""
-
-
-def _timestamp_ms(header: object, stamp: datetime | None) -> int:
+def _timestamp_ms(header: object, stamp: int | None) -> int:
+    """`x-timestamp-ms` when set, else the AMQP timestamp (seconds), else now."""
     if isinstance(header, int) and not isinstance(header, bool) and header > 0:
         return header
     if stamp is not None:
-        return int(stamp.timestamp() * 1000)
+        return stamp * 1000
     return int(time.time() * 1000)
 
 

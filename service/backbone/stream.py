@@ -53,8 +53,10 @@ import aiormq.abc
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
-from service.backbone.base import OnEvent
+from service.backbone.errors import LINK_ERRORS
 from service.backbone.history import RecentLog
+from service.backbone.settle import Settler
+from service.backbone.tap import Delivery, DeliveryTap, delivery_from_aiormq, fallback
 from service.errors import BackboneUnavailable
 from service.model import Event
 
@@ -68,15 +70,17 @@ MAX_BYTES = 1 << 30
 RECENT_ENTRIES = 20_000
 CLOSE_TIMEOUT_S = 5.0
 
-#: Turns one delivered stream entry into an Event (offset not set), or None when unusable.
-Decode = Callable[[aiormq.abc.DeliveredMessage], Event | None]
+#: Turns one stream entry read back (replay) into an Event (offset not set), or None.
+Decode = Callable[[Delivery], Event | None]
+#: Handles one live entry with its offset: the Event handed on (for the tail), or None.
+OnEntry = Callable[[Delivery, int], Event | None]
 OnLost = Callable[[BaseException | None], None]
 
 
-def entry_offset(message: aiormq.abc.DeliveredMessage) -> int | None:
+def entry_offset(delivery: Delivery) -> int | None:
     """The client-facing offset of a stream entry: its `x-stream-offset` + 1."""
-    headers = message.header.properties.headers or {}
-    raw = headers.get(OFFSET_HEADER)
+    headers = delivery.properties.headers
+    raw = headers.get(OFFSET_HEADER) if headers else None
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
         return raw + 1
     return None
@@ -111,6 +115,7 @@ class NotificationStream:
         self._attached_once = False
         self._connection: AbstractConnection | None = None
         self._live: AbstractChannel | None = None
+        self._settler: Settler | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.readers = 0  # replay consumers opened since start
         self._on_reader = on_reader
@@ -131,12 +136,14 @@ class NotificationStream:
     # -- attaching ------------------------------------------------------------------------
 
     async def attach(
-        self, connection: AbstractConnection, on_event: OnEvent, on_lost: OnLost
+        self, connection: AbstractConnection, tap: DeliveryTap, on_entry: OnEntry, on_lost: OnLost
     ) -> None:
         """Declare and bind the stream on a new connection and start the live consumer.
 
-        The events exchange must exist. `on_lost` is called when the live consumer's channel
-        closes or the broker cancels it (the backbone then reconnects and attaches again).
+        The events exchange must exist. Live entries arrive through the connection's `tap`,
+        synchronously and in order; `on_entry` decodes and hands each one on. `on_lost` is
+        called when the live consumer's channel closes or the broker cancels it (the backbone
+        then reconnects and attaches again).
         """
         await self._declare(connection)
         channel = await connection.channel(publisher_confirms=False)
@@ -149,12 +156,13 @@ class NotificationStream:
             # it, it comes back first (filtered below) and nothing in between was lost.
             start = since - 1 if since >= 1 else "first"
         first_seen = not self._attached_once
-        pending = 0
+        settler = Settler(raw)
 
-        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            # Everything up to on_event runs before the first await: entries leave in order.
-            nonlocal pending, first_seen
-            offset = entry_offset(message)
+        def on_delivery(delivery: Delivery) -> None:
+            # Synchronous, in stream order. Acks are the consumer's credit: one `multiple`
+            # ack per loop iteration keeps the broker sending.
+            nonlocal first_seen
+            offset = entry_offset(delivery)
             if offset is not None and not first_seen:
                 first_seen = True
                 if offset > since:
@@ -162,19 +170,13 @@ class NotificationStream:
                     # out of reach): the tail in memory cannot be joined to what follows.
                     self._recent.restart()
             if offset is not None and offset > max(since, self._last_offset):
-                event = self._decode(message)
+                event = on_entry(delivery, offset)
                 if event is None:
                     self.skipped += 1
                 else:
-                    event = replace(event, offset=offset)
-                    on_event(event)
                     self._recent.append(event)
                 self._advance(offset)
-            pending += 1
-            if pending >= self._ack_every:
-                pending = 0
-                with contextlib.suppress(*_LINK_ERRORS):
-                    await _ack_through(raw, message)
+            settler.ack(delivery.delivery_tag)
 
         def lost(_sender: object, exc: BaseException | None = None) -> None:
             on_lost(exc)
@@ -184,14 +186,26 @@ class NotificationStream:
 
         channel.close_callbacks.add(lost)
         raw.on_consumer_cancel_callbacks.add(cancelled)
-        await raw.basic_consume(self.name, on_message, arguments={OFFSET_HEADER: start})
+        tag = f"{self.name}.live.{id(connection):x}"
+        tap.tap(raw.number, tag, on_delivery)
+        settler.start()
+        self._settler = settler
+        await raw.basic_consume(
+            self.name,
+            fallback(on_delivery),
+            arguments={OFFSET_HEADER: start},
+            consumer_tag=tag,
+        )
         self._connection, self._live = connection, channel
         self._attached_once = True
         log.info("stream_attached", stream=self.name, start=start)
 
-    def detach(self) -> None:
+    async def detach(self) -> None:
         """Forget the connection (it is gone or going); replays fail until the next attach."""
         self._connection = self._live = None
+        settler, self._settler = self._settler, None
+        if settler is not None:
+            await settler.stop()
 
     async def _declare(self, connection: AbstractConnection) -> AbstractQueue:
         channel = await connection.channel(publisher_confirms=False)
@@ -204,7 +218,7 @@ class NotificationStream:
             channel = await connection.channel(publisher_confirms=False)
             queue = await channel.declare_queue(self.name, passive=True)
         await queue.bind(self.exchange, NOTIFICATIONS_PATTERN)
-        with contextlib.suppress(*_LINK_ERRORS):
+        with contextlib.suppress(*LINK_ERRORS):
             await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
         return queue
 
@@ -286,12 +300,12 @@ class NotificationStream:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=self._prefetch)
             raw = await channel.get_underlay_channel()
-        except _LINK_ERRORS as exc:
+        except LINK_ERRORS as exc:
             raise BackboneUnavailable(f"cannot open a stream reader: {exc!r}") from None
-        entries: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
+        entries: asyncio.Queue[Delivery | None] = asyncio.Queue()
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            entries.put_nowait(message)
+            entries.put_nowait(delivery_from_aiormq(message))
 
         def gone(*_args: object) -> None:
             entries.put_nowait(None)
@@ -330,10 +344,10 @@ class NotificationStream:
                     sink(replace(event, offset=offset))
                 if offset >= until:
                     break
-        except _LINK_ERRORS as exc:
+        except LINK_ERRORS as exc:
             raise BackboneUnavailable(f"stream reader failed: {exc!r}") from None
         finally:
-            with contextlib.suppress(*_LINK_ERRORS, asyncio.CancelledError):
+            with contextlib.suppress(*LINK_ERRORS, asyncio.CancelledError):
                 await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
         assert first is not None
         # The first entry the stream still had: at or below `since`, nothing was lost;
@@ -341,16 +355,6 @@ class NotificationStream:
         return since if first <= since else first - 1
 
 
-async def _ack_through(
-    channel: aiormq.abc.AbstractChannel, message: aiormq.abc.DeliveredMessage
-) -> None:
+async def _ack_through(channel: aiormq.abc.AbstractChannel, delivery: Delivery) -> None:
     """Ack this entry and every one before it (for a stream, acks are consumer credit)."""
-    tag = message.delivery_tag
-    if tag is not None:
-        await channel.basic_ack(tag, multiple=True)
-
-
-_LINK_ERRORS: tuple[type[BaseException], ...] = (
-    *aio_pika.exceptions.CONNECTION_EXCEPTIONS,
-    TimeoutError,
-)
+    await channel.basic_ack(delivery.delivery_tag, multiple=True)
