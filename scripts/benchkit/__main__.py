@@ -201,21 +201,25 @@ def markdown(
                 if key == scenario.headline and stat is not None:
                     medians[spec.name] = stat[0]
             out.append(f"| {spec.label} | " + " | ".join(cells) + f" | {errors} |")
-        gw = medians.get("gateway")
-        ratios = []
-        for spec in specs:
-            if spec.name == "gateway" or gw is None or not medians.get(spec.name):
-                continue
-            peer = medians[spec.name]
-            ratio = gw / peer if scenario.higher_is_better else peer / gw
-            ratios.append(f"{ratio:.2f}x {spec.label}")
-        if ratios:
-            better = "higher" if scenario.higher_is_better else "lower"
-            out.append("")
-            out.append(
-                f"Gateway vs peers on {scenario.headline} ({better} is better, >1 = gateway "
-                f"ahead): " + ", ".join(ratios)
-            )
+        for ours in ("gateway", "gatewaysio"):
+            gw = medians.get(ours)
+            ratios = []
+            for spec in specs:
+                if spec.name in ("gateway", "gatewaysio") or gw is None:
+                    continue
+                if not medians.get(spec.name):
+                    continue
+                peer = medians[spec.name]
+                ratio = gw / peer if scenario.higher_is_better else peer / gw
+                ratios.append(f"{ratio:.2f}x {spec.label}")
+            if ratios:
+                better = "higher" if scenario.higher_is_better else "lower"
+                label = servers.SPECS[ours].label
+                out.append("")
+                out.append(
+                    f"{label} vs peers on {scenario.headline} ({better} is better, >1 = "
+                    f"gateway ahead): " + ", ".join(ratios)
+                )
         out.append("")
     return "\n".join(out)
 

@@ -96,12 +96,21 @@ GATEWAY = ServerSpec(
     "/metrics",
     r"^realtime_gateway_events_total\{[^}]*\} ([0-9.e+]+)$",
 )
+#: The same gateway process, with the load generator speaking Socket.IO to it (`/socket.io/`).
+GATEWAY_SIO = ServerSpec(
+    "gatewaysio",
+    "realtime-gateway (Socket.IO)",
+    "sio",
+    "/readyz",
+    "/metrics",
+    r"^realtime_gateway_events_total\{[^}]*\} ([0-9.e+]+)$",
+)
 PYSIO = ServerSpec("pysio", "python-socketio", "sio", "/stats", "/stats", r'"events":\s*([0-9]+)')
 NODESIO = ServerSpec(
     "nodesio", "Node socket.io", "sio", "/stats", "/stats", r'"events":\s*([0-9]+)'
 )
 BLASTER = ServerSpec("blaster", "bare Node ws blaster (S0)", "native", "/", "/", "")
-SPECS = {s.name: s for s in (GATEWAY, PYSIO, NODESIO, BLASTER)}
+SPECS = {s.name: s for s in (GATEWAY, GATEWAY_SIO, PYSIO, NODESIO, BLASTER)}
 
 
 def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None) -> Running:
@@ -109,7 +118,7 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     port = free_port()
     extra = dict(extra_env or {})
     base = dict(os.environ)
-    if spec.name == "gateway":
+    if spec.name in ("gateway", "gatewaysio"):
         cmd = [str(env.REPO / ".venv/bin/python"), "-m", "service", "serve"]
         if os.environ.get("BENCH_GATEWAY_TREE"):  # another checkout, e.g. for before/after
             base["PYTHONPATH"] = os.environ["BENCH_GATEWAY_TREE"]
@@ -142,7 +151,7 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{spec.name}-{port}.log"
     # `python -m` puts the working directory first on sys.path: run another checkout from it.
-    cwd = os.environ.get("BENCH_GATEWAY_TREE") if spec.name == "gateway" else None
+    cwd = os.environ.get("BENCH_GATEWAY_TREE") if spec.name in ("gateway", "gatewaysio") else None
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             pinned(SERVER_CPU, cmd), env=base, stdout=out, stderr=subprocess.STDOUT, cwd=cwd

@@ -259,6 +259,12 @@ class AmqpBackbone:
         """
         return frozenset(self._keys)
 
+    @property
+    def tapped(self) -> int:
+        """Deliveries the current link's lean receive path handed on (for tests and tools)."""
+        link = self._link
+        return link.tap.taken if link is not None else 0
+
     def _on_broker(self, key: str) -> bool:
         """Whether `key` is bound on the broker (not served by the notification stream)."""
         return self.history is None or not key.startswith(NOTIFICATION_PREFIX)

@@ -257,11 +257,14 @@ class DeliveryTap(asyncio.StreamReader):
         channels = self._channels
         while pos + 7 <= size:
             kind, number, length = _FRAME_HEAD.unpack_from(buf, pos)
+            if kind not in (1, 2, 3, 8):
+                self._broken = True  # aiormq reports it (InvalidFrameError) and closes
+                break
             end = pos + 8 + length
             if end > size:
                 break
-            if buf[end - 1] != FRAME_END or kind not in (1, 2, 3, 8):
-                self._broken = True  # aiormq reports it (InvalidFrameError) and closes
+            if buf[end - 1] != FRAME_END:
+                self._broken = True
                 break
             state = channels.get(number)
             if state is not None and self._take(state, number, kind, buf, pos + 7, length):
