@@ -54,6 +54,12 @@ FIGURES = {
         ("server_cpu_pct", "server CPU %", 0),
         ("server_us_per_unit", "server µs/unit", 2),
     ],
+    "S5n": [
+        ("consume_per_s", "messages/s", 0),
+        ("publish_per_s", "publisher msg/s", 0),
+        ("server_cpu_pct", "server CPU %", 0),
+        ("server_us_per_unit", "server µs/unit", 2),
+    ],
     "S6": [("rate", "accepted/s", 0), ("connect_s", "seconds", 2), ("failed", "failed", 0)],
 }
 
@@ -62,7 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (<2 min)")
     parser.add_argument("--servers", default="gateway,pysio,nodesio")
-    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S5,S6")
+    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S5,S5n,S6")
     parser.add_argument("--repeats", type=int, default=None, help="default 1 quick, 3 full")
     parser.add_argument("--markdown", type=Path, help="also write the summary here")
     parser.add_argument("--out", type=Path, default=env.REPO / ".cache" / "bench")

@@ -138,6 +138,19 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
             server_env=(("GATEWAY_BINDINGS", "wildcard"),),
         ),
         Scenario(
+            "S5n",
+            f"ingest, {30_000 if q else 60_000:,} notifications for a user no socket holds "
+            "(the gateway with its defaults: read from the notification stream)",
+            {
+                "phase": "ingest",
+                "key": "notification.user.nobody",
+                "event": "notification_new",
+                "messages": 30_000 if q else 60_000,
+                "measure_budget_s": 15 if q else 40,
+            },
+            "consume_per_s",
+        ),
+        Scenario(
             "S6",
             f"connect storm, {2000 if q else 10_000:,} sockets, 1,000 handshakes in flight",
             {

@@ -129,6 +129,7 @@ def start(spec: ServerSpec, logs: Path, extra_env: dict[str, str] | None = None)
             GATEWAY_PORT=str(port),
             GATEWAY_AMQP_URL=AMQP_URL,
             GATEWAY_EXCHANGE=EXCHANGE,
+            GATEWAY_RECOVERY_STREAM="bench.realtime.notifications",
             GATEWAY_UPSTREAM_EXCHANGE=UPSTREAM,
             GATEWAY_JWT_SECRET=SECRET,
             GATEWAY_INSTANCE_ID=f"bench-{os.getpid()}-{port}",

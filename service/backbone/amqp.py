@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import itertools
 import random
@@ -448,7 +447,7 @@ class AmqpBackbone:
             return
         link.settler.ack(delivery.delivery_tag)
 
-    def _decode(self, delivery: Delivery) -> Event:
+    def _decode(self, delivery: Delivery, offset: int | None = None) -> Event:
         key = delivery.routing_key
         route = routing.parse(key)
         if route is None:
@@ -469,7 +468,8 @@ class AmqpBackbone:
             origin = _text(headers.get(ORIGIN_HEADER))
         else:
             ts, origin = _timestamp_ms(None, props.timestamp), None
-        return Event(key, name, data, props.message_id or uuid.uuid4().hex, ts, origin=origin)
+        ident = props.message_id or uuid.uuid4().hex
+        return Event(key, name, data, ident, ts, offset=offset, origin=origin)
 
     def _on_stream_entry(self, delivery: Delivery, offset: int) -> Event | None:
         """A live entry of the notification stream: decoded and handed on, or dead-lettered.
@@ -479,14 +479,13 @@ class AmqpBackbone:
         every instance whose own bindings would have taken it: the same copies as before.
         """
         try:
-            event = self._decode(delivery)
+            event = self._decode(delivery, offset)
         except _Unusable as exc:
             if self._wants(delivery.routing_key):
                 self._dead_letter(delivery, exc.reason, exc.detail, republish=True)
             return None
         if event.routing_key.startswith(routing.DASHBOARD_PREFIX):
             return None
-        event = dataclasses.replace(event, offset=offset)
         on_event = self._on_event
         if on_event is not None:
             try:

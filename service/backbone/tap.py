@@ -267,10 +267,17 @@ class DeliveryTap(asyncio.StreamReader):
                 self._broken = True
                 break
             state = channels.get(number)
-            if state is not None and self._take(state, number, kind, buf, pos + 7, length):
-                if pos > start:
-                    passed.append(buf[start:pos])
-                start = end
+            if state is not None:
+                try:
+                    taken = self._take(state, number, kind, buf, pos + 7, length)
+                except (struct.error, IndexError, ValueError):
+                    log.exception("tap_frame_unreadable", channel=number, kind=kind)
+                    self._broken = True  # from here on aiormq reads (and judges) every frame
+                    break
+                if taken:
+                    if pos > start:
+                        passed.append(buf[start:pos])
+                    start = end
             pos = end
         if self._broken:
             passed.append(buf[start:])
@@ -294,16 +301,21 @@ class DeliveryTap(asyncio.StreamReader):
         if kind == FRAME_METHOD:
             if _U32.unpack_from(buf, at)[0] != BASIC_DELIVER:
                 return False
-            tag_name, pos = _shortstr(buf, at + 4)
-            callback = state.consumers.get(tag_name)
+            # consumer-tag, delivery-tag, redelivered, exchange, routing-key (inlined: hot)
+            pos = at + 5 + buf[at + 4]
+            callback = state.consumers.get(buf[at + 5 : pos].decode("utf-8", "replace"))
             if callback is None:
                 state.passing = True
                 return False
             state.passing = False
             delivery_tag = _U64.unpack_from(buf, pos)[0]
             redelivered = bool(buf[pos + 8] & 1)
-            exchange, pos = _shortstr(buf, pos + 9)
-            routing_key, _ = _shortstr(buf, pos)
+            end = pos + 10 + buf[pos + 9]
+            exchange = buf[pos + 10 : end].decode("utf-8", "replace")
+            stop = end + 1 + buf[end]
+            if stop > at + n:
+                raise ValueError("basic.deliver runs past the end of its frame")
+            routing_key = buf[end + 1 : stop].decode("utf-8", "replace")
             state.incoming = _Incoming(delivery_tag, exchange, routing_key, redelivered, callback)
             return True
         incoming = state.incoming

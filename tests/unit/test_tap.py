@@ -203,3 +203,16 @@ def test_properties_decode_as_pamqp_decodes_them(props: dict[str, object]) -> No
         if name == "timestamp" and want is not None:
             want = int(want.timestamp())
         assert getattr(ours, name) == want, name
+
+
+async def test_a_delivery_frame_it_cannot_read_leaves_the_stream_to_aiormq() -> None:
+    got: list[Delivery] = []
+    tap = DeliveryTap(asyncio.get_running_loop())
+    tap.tap(CHANNEL, CONSUMER, got.append)
+    good = message(1, b"fine")
+    # A basic.deliver whose routing-key length runs past the end of its frame.
+    payload = b"\x00\x3c\x00\x3c" + bytes([len(CONSUMER)]) + CONSUMER.encode() + b"\x00" * 9
+    bad = b"\x01" + CHANNEL.to_bytes(2, "big") + len(payload).to_bytes(4, "big") + payload
+    tap.feed_data(good + bad + b"\xce" + good)
+    assert [d.body for d in got] == [b"fine"]
+    assert await read_all(tap) == bad + b"\xce" + good
