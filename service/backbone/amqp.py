@@ -207,6 +207,7 @@ class AmqpBackbone:
         self._ready_event = asyncio.Event()
         self._reason = "backbone not started"
         self._closing = False
+        self._blocked: str | None = None  # the broker's reason while it blocks publishing
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         #: The notification stream (recovery); None when the window is 0.
@@ -421,7 +422,20 @@ class AmqpBackbone:
         link = self._link
         if not self._ready or link is None:
             raise BackboneUnavailable(self._reason or "broker unavailable")
+        if self._blocked is not None:
+            # A resource alarm: the broker reads nothing we publish until it clears, so a
+            # publish would only wait for its confirm timeout. Deliveries go on.
+            raise BackboneUnavailable(f"the broker blocks publishing: {self._blocked}")
         return link
+
+    def _on_blocked(self, reason: str | None) -> None:
+        if reason is None:
+            if self._blocked is not None:
+                log.info("backbone_unblocked")
+            self._blocked = None
+        else:
+            self._blocked = reason
+            log.warning("backbone_blocked", reason=reason)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -532,6 +546,8 @@ class AmqpBackbone:
         try:
             if factory.reader is None:
                 raise RuntimeError("aiormq did not use the gateway's transport factory")
+            self._blocked = None  # a new connection starts unblocked
+            factory.reader.on_blocked = self._on_blocked
             async with asyncio.timeout(self._connect_timeout_s):
                 link = await self._declare(next(self._generations), connection, factory.reader)
             self._watch(link)

@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = 0xCE
 BASIC_DELIVER = (60 << 16) | 60
+CONNECTION_BLOCKED = (10 << 16) | 60
+CONNECTION_UNBLOCKED = (10 << 16) | 61
 #: What aiormq gets instead of the frames the tap took, so that it still sees the link alive.
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 HEARTBEAT_EVERY_S = 1.0
@@ -106,6 +108,8 @@ class Delivery:
 
 
 OnDelivery = Callable[[Delivery], None]
+#: Told of `connection.blocked` (with the broker's reason) and `connection.unblocked` (None).
+OnBlocked = Callable[[str | None], None]
 
 
 def _shortstr(buf: bytes, pos: int) -> tuple[str, int]:
@@ -227,6 +231,7 @@ class DeliveryTap(asyncio.StreamReader):
         self._broken = False  # a byte stream the tap cannot frame: aiormq gets it all
         self._last_passed = loop.time()
         self.taken = 0  # deliveries handed to tapped consumers
+        self.on_blocked: OnBlocked | None = None
 
     def tap(self, channel: int, consumer_tag: str, callback: OnDelivery) -> None:
         """Hand `consumer_tag`'s deliveries on `channel` to `callback` from now on."""
@@ -245,7 +250,7 @@ class DeliveryTap(asyncio.StreamReader):
             del self._channels[channel]
 
     def feed_data(self, data: bytes) -> None:  # type: ignore[override]  # asyncio gives bytes
-        if self._broken or not self._channels:
+        if self._broken or not (self._channels or self.on_blocked):
             if self._rest:  # keep the byte stream whole when the last tap goes
                 data, self._rest = self._rest + data, b""
             self._pass(data)
@@ -266,6 +271,8 @@ class DeliveryTap(asyncio.StreamReader):
             if buf[end - 1] != FRAME_END:
                 self._broken = True
                 break
+            if number == 0 and kind == FRAME_METHOD and self.on_blocked is not None:
+                self._watch_flow(buf, pos + 7, length)  # seen, and still passed to aiormq
             state = channels.get(number)
             if state is not None:
                 try:
@@ -291,6 +298,14 @@ class DeliveryTap(asyncio.StreamReader):
         elif start and self._loop.time() - self._last_passed > HEARTBEAT_EVERY_S:
             # Only tapped frames for a while: aiormq would take the link for stuck.
             self._pass(HEARTBEAT)
+
+    def _watch_flow(self, buf: bytes, at: int, n: int) -> None:
+        method = _U32.unpack_from(buf, at)[0] if n >= 4 else 0
+        if method == CONNECTION_BLOCKED and self.on_blocked is not None:
+            reason = buf[at + 5 : at + 5 + buf[at + 4]] if n >= 5 else b""
+            self.on_blocked(reason.decode("utf-8", "replace") or "blocked")
+        elif method == CONNECTION_UNBLOCKED and self.on_blocked is not None:
+            self.on_blocked(None)
 
     def _pass(self, data: bytes) -> None:
         self._last_passed = self._loop.time()

@@ -216,3 +216,14 @@ async def test_a_delivery_frame_it_cannot_read_leaves_the_stream_to_aiormq() -> 
     tap.feed_data(good + bad + b"\xce" + good)
     assert [d.body for d in got] == [b"fine"]
     assert await read_all(tap) == bad + b"\xce" + good
+
+
+async def test_connection_blocked_and_unblocked_are_seen_and_still_passed_on() -> None:
+    seen: list[str | None] = []
+    tap = DeliveryTap(asyncio.get_running_loop())
+    tap.on_blocked = seen.append
+    blocked = marshal(commands.Connection.Blocked(reason="low on memory"), 0)
+    unblocked = marshal(commands.Connection.Unblocked(), 0)
+    feed(tap, blocked + HEARTBEAT + unblocked, 5)
+    assert seen == ["low on memory", None]
+    assert await read_all(tap) == blocked + HEARTBEAT + unblocked

@@ -1,0 +1,84 @@
+"""A TCP proxy in front of the broker that understands AMQP frames on the way down.
+
+Besides what `TcpProxy` does (cut, restore), it can `freeze()` a live link (nothing passes
+either way, the sockets stay open: a broker that hangs, or a network that silently drops) and
+`inject()` a frame into what the broker sends, between two whole frames (a `connection.blocked`
+as a broker under a resource alarm sends it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pamqp.frame
+from pamqp.base import Frame
+
+from tests.broker import TcpProxy
+
+
+class FrameProxy(TcpProxy):
+    """`TcpProxy` with `freeze()`/`thaw()` and `inject()` (broker → client direction)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._downstream: list[asyncio.StreamWriter] = []
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions; connections stay open."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again (what waited is forwarded then)."""
+        self._flowing.set()
+
+    def inject(self, frame: Frame, channel: int = 0) -> None:
+        """Send `frame` to every client now (frames from the broker are written whole, so it
+        lands between two of them)."""
+        data = pamqp.frame.marshal(frame, channel)
+        for writer in self._downstream:
+            writer.write(data)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.accepted += 1
+        self._writers.update((writer, up_writer))
+        loop = asyncio.get_running_loop()
+        for coro in (self._pipe(reader, up_writer), self._frames(up_reader, writer)):
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sink.transport.abort()
+            self._writers.discard(sink)
+
+    async def _frames(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        """Broker → client, whole frames at a time, so an injected frame never splits one."""
+        self._downstream.append(sink)
+        try:
+            while True:
+                head = await source.readexactly(7)
+                rest = await source.readexactly(int.from_bytes(head[3:7], "big") + 1)
+                await self._flowing.wait()
+                sink.write(head + rest)
+                await sink.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._downstream.remove(sink)
+            sink.transport.abort()
+            self._writers.discard(sink)
