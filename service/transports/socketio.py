@@ -18,10 +18,12 @@ Socket.IO namespace connection is a `Session` in the same hub, fed by the same f
   Acks travel through the session's buffer like every other frame, so they keep their order
   (the frames `dashboard_refresh` sends come before its ack).
 - Delivery: the hub pushes the native frame; the session's `PacketEncoder` turns it into one
-  Socket.IO EVENT packet (`2/<ns>,["<event>",<frame>]`: the one argument is the native frame
-  object, embedded without re-serialising) and one Engine.IO packet, which caches its own
-  wire text. The fan-out hands the same frame to every target, so this happens once per event
-  per namespace, not once per socket.
+  Socket.IO EVENT packet and one Engine.IO packet, which caches its own wire text. The packet
+  carries what the original gateway's handlers emitted: `2/<ns>,["<event>",<data>,<meta>]`,
+  the publisher's `data` first (so one-parameter handlers read its fields directly), then the
+  metadata (`id`, `ts`, and `offset` or `topic`; see `codec.socketio_event_packet`). The
+  fan-out hands the same frame to every target, so this happens once per event per
+  namespace, not once per socket.
 - Backpressure: Engine.IO keeps an unbounded `asyncio.Queue` per client, which its transports
   empty only as fast as the client reads (a polling client that stops asking, or a WebSocket
   whose `send` waits for the peer to drain its TCP window). While a connection polls, the

@@ -74,5 +74,5 @@ async def expect_replay(clients: NodeClients, name: str, missed: list[str]) -> N
     with `recovered: true`."""
     lines = [await clients.expect(name=name, type="event") for _ in range(len(missed) + 1)]
     assert [line["event"] for line in lines] == ["notification_new"] * len(missed) + ["resumed"]
-    assert [line["args"][0]["id"] for line in lines[:-1]] == missed
-    assert lines[-1]["args"][0]["data"] == {"recovered": True, "replayed": len(missed)}
+    assert [line["args"][1]["id"] for line in lines[:-1]] == missed
+    assert lines[-1]["args"] == [{"recovered": True, "replayed": len(missed)}, {}]
