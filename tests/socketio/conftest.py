@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.conftest import Gateway
-from tests.socketio.driver import NodeClients
+from tests.socketio.driver import ORIGINAL_APP_JS, NodeClients
 from tests.socketio.install import InstallError, install
 
 
@@ -47,6 +47,25 @@ async def node_clients(socketio_client_modules: Path) -> AsyncIterator[NodeFacto
         server = gateway.client.server
         clients = await NodeClients.start(
             socketio_client_modules, f"http://{server.host}:{server.port}"
+        )
+        started.append(clients)
+        return clients
+
+    yield start
+    for clients in started:
+        await clients.stop()
+
+
+@pytest.fixture
+async def original_apps(socketio_client_modules: Path) -> AsyncIterator[NodeFactory]:
+    """Factory: `await original_apps(gateway)` → a Node process running the original
+    gateway's web app unchanged (tests/socketio/original_client.mjs)."""
+    started: list[NodeClients] = []
+
+    async def start(gateway: Gateway) -> NodeClients:
+        server = gateway.client.server
+        clients = await NodeClients.start(
+            socketio_client_modules, f"http://{server.host}:{server.port}", ORIGINAL_APP_JS
         )
         started.append(clients)
         return clients

@@ -1,4 +1,5 @@
-"""A Python handle on tests/socketio/client.mjs: the real socket.io-client v4 in Node.
+"""A Python handle on tests/socketio/client.mjs (or original_client.mjs): the real
+socket.io-client v4 in Node.
 
 Commands go to the script's stdin and everything the clients see comes back as JSON lines;
 `expect()` waits for a matching line with a timeout (no sleeps).
@@ -17,6 +18,8 @@ from typing import Any
 import orjson
 
 CLIENT_JS = Path(__file__).with_name("client.mjs")
+# The original gateway's web app, unchanged (one-parameter handlers; see the script).
+ORIGINAL_APP_JS = Path(__file__).with_name("original_client.mjs")
 EXPECT_TIMEOUT_S = 10.0
 
 Line = dict[str, Any]
