@@ -74,6 +74,7 @@ from aiohttp import web
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 from engineio.exceptions import EngineIOError
+from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
 from service import codec
@@ -104,6 +105,10 @@ NAMESPACE_CLOSES = frozenset(
     {CloseCode.NORMAL, CloseCode.POLICY, CloseCode.TOKEN_EXPIRED, CloseCode.RATE_LIMITED}
 )
 
+# Event names a client may not emit (socket.io-client fires its own listeners for them).
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 # The ack id of the client event being handled (None: the client asked for no ack).
 _ACK_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("socketio_ack", default=None)
 
@@ -305,11 +310,54 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
         self,
         after_connect: Callable[[str, str], Awaitable[None]],
         on_engine_open: Callable[[str], None],
+        on_violation: Callable[[str, str], Awaitable[None]],
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._after_connect = after_connect
         self._on_engine_open = on_engine_open
+        self._on_violation = on_violation
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, str):
+            violation = self._violation(eio_sid, data)
+        elif eio_sid not in self._binary_packet:
+            violation = "a binary message that is no expected attachment"
+        else:
+            violation = None
+        if violation is not None:
+            await self._on_violation(eio_sid, violation)
+            return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError as exc:  # an attachment too many
+            await self._on_violation(eio_sid, str(exc))
+
+    def _violation(self, eio_sid: str, text: str) -> str | None:
+        """Why a Socket.IO packet breaks the protocol, or None (socket.io's own server closes
+        the connection for each of these; python-socketio would log and carry on)."""
+        try:
+            packet = self.packet_class(encoded_packet=text)
+        except (ValueError, TypeError) as exc:
+            return f"the packet does not parse: {exc}"
+        kind, data = packet.packet_type, packet.data
+        if kind == sio_packet.CONNECT:
+            return None if data is None or isinstance(data, dict) else "CONNECT data: no object"
+        if kind == sio_packet.DISCONNECT:
+            return None  # for a namespace already left: python-socketio ignores it
+        if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+            if not isinstance(data, list) or not data:
+                return "EVENT data: no array"
+            if isinstance(data[0], str) and data[0] in RESERVED_EVENTS:
+                return f"EVENT name {data[0]!r} is reserved"
+        elif kind in (sio_packet.ACK, sio_packet.BINARY_ACK):
+            if not isinstance(data, list):
+                return "ACK data: no array"
+        else:
+            return f"unexpected packet type {kind}"
+        if self.manager.sid_from_eio_sid(eio_sid, packet.namespace or "/") is None:
+            return f"{sio_packet.packet_names[kind]} before CONNECT to {packet.namespace or '/'}"
+        return None
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
@@ -346,6 +394,7 @@ class SocketIOTransport:
         self.sio = _Server(
             self._after_connect,
             self._on_engine_open,
+            self._on_violation,
             async_mode="aiohttp",
             namespaces="*",  # unknown namespaces get a connect_error with code not_found
             async_handlers=False,  # one event at a time per client, as on a native socket
@@ -415,6 +464,12 @@ class SocketIOTransport:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _on_violation(self, eio_sid: str, reason: str) -> None:
+        """A client broke the Socket.IO protocol: close its Engine.IO connection at once."""
+        self._metrics.client_errors.labels(str(ErrorCode.BAD_REQUEST)).inc()
+        log.info("protocol_violation", transport=TRANSPORT, reason=reason[:200])
+        await self.close_engine(eio_sid, CloseCode.POLICY, "Socket.IO protocol violation")
 
     async def _on_connect(
         self, sio_namespace: str, sid: str, environ: dict[str, Any], auth: Any = None
