@@ -122,8 +122,12 @@ def test_the_websocket_writer_sends_each_packets_encoding_through_send() -> None
     assert "await ws.send(pkt.encode())" in source, (
         f"Engine.IO's WebSocket writer no longer sends pkt.encode() through ws.send: {REVIEW}"
     )
-    assert "handler.__self__" not in source  # (the sid comes from the bound handler)
-    assert inspect.ismethod(async_socket.AsyncSocket(_eio(), "s")._websocket_handler)
+    # WebSocket learns the session id from the handler, a method bound to the AsyncSocket.
+    handler_of_a_socket = async_socket.AsyncSocket(_eio(), "s")._websocket_handler
+    assert getattr(handler_of_a_socket, "__self__", None) is not None, (
+        f"AsyncSocket._websocket_handler is no bound method: {REVIEW}"
+    )
+    assert handler_of_a_socket.__self__.sid == "s", f"AsyncSocket.sid: {REVIEW}"
 
 
 def _eio() -> Any:
