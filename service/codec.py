@@ -123,27 +123,21 @@ def loads(raw: bytes | str) -> Any:
     return orjson.loads(raw)
 
 
-_EVENT_KEY = b'{"event":'
-
-
 def socketio_event_packet(namespace: str, frame: bytes) -> bytes:
-    """The Socket.IO EVENT packet for a native frame: `2/<namespace>,["<event>",<frame>]`.
+    """The Socket.IO EVENT packet for a native frame: `2/<namespace>,["<event>",<data>,<meta>]`.
 
-    The event name is the frame's `event` and the one argument is the frame itself, embedded
-    as it is: a Socket.IO client receives the same object as a native one, and the JSON is
-    never serialised twice. Frames built here start with `{"event":"<name>"`, so the name is
-    sliced out of the bytes (escapes included, it is valid JSON as it stands); anything else
-    is parsed. (Engine.IO adds its own `4` in front.)
+    The original gateway emitted the publisher's payload itself, so the first argument is the
+    frame's `data` (for an `error` frame, its `error` object, `{"code", "message"}`): a handler
+    with one parameter reads its fields directly. The second argument is the metadata, every
+    other field of the frame: `{"id", "ts", "offset"}` for notifications, `{"id", "ts",
+    "topic"}` for dashboard updates, `{}` for `resumed` and `error`. Called once per event per
+    namespace, not per socket. (Engine.IO adds its own `4` in front.)
     """
-    name: bytes | None = None
-    if frame.startswith(_EVENT_KEY) and frame[len(_EVENT_KEY) : len(_EVENT_KEY) + 1] == b'"':
-        end = frame.find(b'"', len(_EVENT_KEY) + 1)
-        if end > 0 and b"\\" not in frame[len(_EVENT_KEY) : end]:
-            name = frame[len(_EVENT_KEY) : end + 1]
-    if name is None:
-        event = orjson.loads(frame).get("event")
-        name = orjson.dumps(event if isinstance(event, str) else "message")
-    return b"".join((b"2/", namespace.encode(), b",[", name, b",", frame, b"]"))
+    meta = orjson.loads(frame)
+    event = meta.pop("event", None)
+    data = meta.pop("error" if event == "error" else "data", None)
+    name = event if isinstance(event, str) else "message"
+    return b"".join((b"2/", namespace.encode(), b",", orjson.dumps([name, data, meta])))
 
 
 def socketio_ack_packet(namespace: str, ack: int, data: Any) -> bytes:

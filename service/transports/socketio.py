@@ -18,10 +18,12 @@ Socket.IO namespace connection is a `Session` in the same hub, fed by the same f
   Acks travel through the session's buffer like every other frame, so they keep their order
   (the frames `dashboard_refresh` sends come before its ack).
 - Delivery: the hub pushes the native frame; the session's `PacketEncoder` turns it into one
-  Socket.IO EVENT packet (`2/<ns>,["<event>",<frame>]`: the one argument is the native frame
-  object, embedded without re-serialising) and one Engine.IO packet, which caches its own
-  wire text. The fan-out hands the same frame to every target, so this happens once per event
-  per namespace, not once per socket.
+  Socket.IO EVENT packet and one Engine.IO packet, which caches its own wire text. The packet
+  carries what the original gateway's handlers emitted: `2/<ns>,["<event>",<data>,<meta>]`,
+  the publisher's `data` first (so one-parameter handlers read its fields directly), then the
+  metadata (`id`, `ts`, and `offset` or `topic`; see `codec.socketio_event_packet`). The
+  fan-out hands the same frame to every target, so this happens once per event per
+  namespace, not once per socket.
 - Backpressure: Engine.IO keeps an unbounded `asyncio.Queue` per client, which its transports
   empty only as fast as the client reads (a polling client that stops asking, or a WebSocket
   whose `send` waits for the peer to drain its TCP window). While a connection polls, the
@@ -47,30 +49,24 @@ Across replicas and worker processes, long-polling needs every request of one En
 session to reach the same process: the ingress keeps clients on one pod with cookie affinity
 (docs/migration.md); WebSocket-only clients need nothing.
 
-Private corners of python-socketio are used, each covered by tests: the server subclass
-hooks `_handle_connect` (to start a session's writer only after the CONNECT answer is queued)
-and `_handle_event_internal` (to learn the ack id); Engine.IO's aiohttp WebSocket class is
-replaced so the WebSocket is created without permessage-deflate, like native sockets, and so
-the fast path can find it (by the Engine.IO socket its handler is bound to) and take over at
-the marker (which its `send` recognises).
+Private corners of python-socketio and python-engineio are used (hooks on the server, the
+Engine.IO WebSocket class and socket queue): all of them live in `socketio_internals`, each
+checked by a test that names it when an upgrade changes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import socketio
 import structlog
 from aiohttp import web
 from engineio import packet as eio_packet
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 from engineio.exceptions import EngineIOError
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
@@ -80,7 +76,10 @@ from service.errors import BackboneUnavailable, CloseCode, ErrorCode, ProtocolEr
 from service.model import ClientMessage, Namespace
 from service.ratelimit import RateLimiter, Verdict
 from service.session import Session
+from service.transports import socketio_internals as internals
 from service.transports.context import GATEWAY, Gateway, error_response
+from service.transports.socketio_internals import SwitchPacket as _SwitchPacket
+from service.transports.socketio_internals import Wire as _Wire
 from service.transports.wire import text_frame
 from service.transports.ws import (
     WireSink,
@@ -101,9 +100,6 @@ CONNECT_TIMEOUT_S = 45.0  # an Engine.IO session that joined no namespace by the
 NAMESPACE_CLOSES = frozenset(
     {CloseCode.NORMAL, CloseCode.POLICY, CloseCode.TOKEN_EXPIRED, CloseCode.RATE_LIMITED}
 )
-
-# The ack id of the client event being handled (None: the client asked for no ack).
-_ACK_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("socketio_ack", default=None)
 
 
 class SocketIOFrame(bytes):
@@ -215,78 +211,6 @@ class _Conn:
         return f"/{self.session.namespace}"
 
 
-class _WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
-    """Engine.IO's aiohttp WebSocket, created like a native one: no permessage-deflate
-    (a zlib context per socket costs memory, and every frame would be compressed once per
-    socket instead of once per event) and a bounded closing handshake. While it runs, it is
-    listed in `registry` under its Engine.IO session id, for the fast path."""
-
-    def __init__(self, handler: Any, server: Any, *, registry: dict[str, _Wire]) -> None:
-        super().__init__(handler, server)
-        self._registry = registry
-
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        request = environ["aiohttp.request"]
-        self._sock = web.WebSocketResponse(
-            # aiohttp refuses a message whose size reaches max_msg_size; a packet of exactly
-            # GATEWAY_MAX_MESSAGE_BYTES is accepted, as on native sockets.
-            max_msg_size=self.server.max_http_buffer_size + 1,
-            compress=False,
-            timeout=CLOSE_TIMEOUT_S,
-        )
-        await self._sock.prepare(request)
-        self.environ = environ
-        # The handler is the bound `_websocket_handler` of the Engine.IO socket.
-        sid: str | None = getattr(getattr(self.handler, "__self__", None), "sid", None)
-        if sid is not None and request.transport is not None:
-            self._registry[sid] = _Wire(self._sock, request.transport)
-        try:
-            await self.handler(self)
-        finally:
-            if sid is not None and (wire := self._registry.get(sid)) and wire.ws is self._sock:
-                self._registry.pop(sid)
-        return self._sock
-
-    async def send(self, message: Any) -> None:
-        if isinstance(message, _SwitchMarker):
-            message.switch()  # the fast path's turn (see _SwitchPacket): nothing to send
-            return
-        await super().send(message)
-
-
-@dataclass(slots=True, frozen=True)
-class _Wire:
-    """The aiohttp WebSocket of an Engine.IO session, and its TCP transport."""
-
-    ws: web.WebSocketResponse
-    transport: asyncio.BaseTransport
-
-
-class _SwitchMarker(str):
-    """What a `_SwitchPacket` encodes to: `_WebSocket.send` runs `switch` instead of sending."""
-
-    switch: Callable[[], None]
-
-
-class _SwitchPacket(eio_packet.Packet):  # type: ignore[misc]
-    """A packet that is never sent: Engine.IO's WebSocket writer hands `_WebSocket.send` its
-    encoding, a `_SwitchMarker`, and the WebSocket calls `switch` instead of sending it.
-
-    The writer sends its packets one by one, each written to the transport before the next
-    is encoded: when this one comes up, every packet queued before it is on the wire, so
-    frames written straight to the transport from then on keep their order.
-    """
-
-    def __init__(self, switch: Callable[[], None]) -> None:
-        super().__init__(eio_packet.NOOP)
-        self._switch = switch
-
-    def encode(self, b64: bool = False) -> Any:
-        marker = _SwitchMarker(super().encode(b64))
-        marker.switch = self._switch
-        return marker
-
-
 def ws_wire(frame: bytes) -> bytes:
     """The WebSocket bytes of a SocketIOFrame, framed once and kept on the shared frame."""
     wire: bytes | None = getattr(frame, "wire", None)
@@ -294,41 +218,6 @@ def ws_wire(frame: bytes) -> bytes:
         wire = text_frame(b"4" + frame)
         cast(SocketIOFrame, frame).wire = wire
     return wire
-
-
-class _Server(socketio.AsyncServer):  # type: ignore[misc]
-    """AsyncServer with the hooks the public API lacks (see the module docstring)."""
-
-    def __init__(
-        self,
-        after_connect: Callable[[str, str], Awaitable[None]],
-        on_engine_open: Callable[[str], None],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self._after_connect = after_connect
-        self._on_engine_open = on_engine_open
-
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
-        result = await super()._handle_eio_connect(eio_sid, environ)
-        self._on_engine_open(eio_sid)
-        return result
-
-    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        try:
-            await super()._handle_connect(eio_sid, namespace, data)
-        finally:
-            # The CONNECT (or CONNECT_ERROR) answer is queued now: events may follow it.
-            await self._after_connect(eio_sid, namespace or "/")
-
-    async def _handle_event_internal(
-        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
-    ) -> None:
-        token = _ACK_ID.set(id)
-        try:
-            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-        finally:
-            _ACK_ID.reset(token)
 
 
 class SocketIOTransport:
@@ -341,9 +230,10 @@ class SocketIOTransport:
         self._metrics = gateway.metrics
         allowed = self._config.allowed_origins
         heartbeat_s = self._config.heartbeat_s
-        self.sio = _Server(
+        self.sio = internals.Server(
             self._after_connect,
             self._on_engine_open,
+            self._on_violation,
             async_mode="aiohttp",
             namespaces="*",  # unknown namespaces get a connect_error with code not_found
             async_handlers=False,  # one event at a time per client, as on a native socket
@@ -356,10 +246,13 @@ class SocketIOTransport:
             logger=logging.getLogger("socketio.server"),
             engineio_logger=logging.getLogger("engineio.server"),
         )
-        # A copy: the driver table is a module global shared by every Engine.IO server.
         self._wires: dict[str, _Wire] = {}  # Engine.IO sid → its running WebSocket
-        websocket = functools.partial(_WebSocket, registry=self._wires)
-        self.sio.eio._async = {**self.sio.eio._async, "websocket": websocket}
+        internals.install_websocket(
+            self.sio,
+            functools.partial(
+                internals.WebSocket, registry=self._wires, close_timeout_s=CLOSE_TIMEOUT_S
+            ),
+        )
         self.sio.on("connect", self._on_connect, namespace="*")
         self.sio.on("disconnect", self._on_disconnect, namespace="*")
         self.sio.on("*", self._on_event, namespace="*")
@@ -414,6 +307,12 @@ class SocketIOTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _on_violation(self, eio_sid: str, reason: str) -> None:
+        """A client broke the Socket.IO protocol: close its Engine.IO connection at once."""
+        self._metrics.client_errors.labels(str(ErrorCode.BAD_REQUEST)).inc()
+        log.info("protocol_violation", transport=TRANSPORT, reason=reason[:200])
+        await self.close_engine(eio_sid, CloseCode.POLICY, "Socket.IO protocol violation")
+
     async def _on_connect(
         self, sio_namespace: str, sid: str, environ: dict[str, Any], auth: Any = None
     ) -> bool:
@@ -427,7 +326,7 @@ class SocketIOTransport:
             self._metrics.refusals.labels(name, TRANSPORT, str(exc.status)).inc()
             log.info("refused", transport=TRANSPORT, namespace=name, status=exc.status)
             raise SocketIORefused(exc.message, {"code": exc.code, "status": exc.status}) from None
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, sio_namespace)
+        eio_sid = internals.eio_sid_of(self.sio, sid, sio_namespace)
         conn = _Conn(
             sid=sid,
             eio_sid=eio_sid,
@@ -483,13 +382,13 @@ class SocketIOTransport:
         if conn is None:
             return  # refused
         with structlog.contextvars.bound_contextvars(**conn.log_context):
-            socket = self.sio.eio.sockets.get(eio_sid)
-            connected = self.sio.manager.is_connected(conn.sid, sio_namespace)
-            if socket is None or socket.closing or socket.closed or not connected:
+            socket = internals.open_socket(self.sio, eio_sid)
+            connected = internals.namespace_connected(self.sio, conn.sid, sio_namespace)
+            if socket is None or not connected:
                 # The client left while the connection was being admitted: python-socketio
                 # saw no namespace to disconnect, so this one is ours to undo.
                 self._node.leave(conn.session)
-                await self.sio.manager.disconnect(conn.sid, sio_namespace, ignore_queue=True)
+                await internals.drop_namespace(self.sio, conn.sid, sio_namespace)
                 return
             self._conns[conn.sid] = conn
             if eio_sid in self._joined:
@@ -546,7 +445,7 @@ class SocketIOTransport:
                 log.exception("handler_failed", event=str(event)[: codec.MAX_EVENT_NAME])
                 self._reply_error(conn, ErrorCode.INTERNAL, "internal error")
             else:
-                ack = _ACK_ID.get()
+                ack = internals.current_ack_id()
                 if ack is not None:
                     self._push_ack(conn, ack, result)
         # Acks go through the session's buffer (above), never straight from python-socketio.
@@ -554,7 +453,7 @@ class SocketIOTransport:
 
     def _reply_error(self, conn: _Conn, code: ErrorCode, message: str) -> None:
         self._metrics.client_errors.labels(str(code)).inc()
-        ack = _ACK_ID.get()
+        ack = internals.current_ack_id()
         if ack is None:
             conn.session.push(codec.encode_error(code, message))
         else:
@@ -587,19 +486,19 @@ class SocketIOTransport:
         frames_out = self._metrics.frames_out.labels(session.namespace, TRANSPORT)
         try:
             while True:
-                socket = self.sio.eio.sockets.get(conn.eio_sid)
-                if socket is None or socket.closing or socket.closed:
+                socket = internals.open_socket(self.sio, conn.eio_sid)
+                if socket is None:
                     break
                 # Engine.IO's queue has no bound: hand it the next batch only once its
                 # transport took the previous one (see the module docstring).
-                await socket.queue.join()
+                await internals.taken(socket)
                 if self._switch_to_wire(conn, socket):
                     return  # the session's sink writes from now on; this task is done
                 batch = await session.next_batch()
                 if batch is None:
                     return
                 for frame in batch:
-                    await socket.send(cast(SocketIOFrame, frame).packet)
+                    await internals.send(socket, cast(SocketIOFrame, frame).packet)
                 frames_out.inc(len(batch))
         except EngineIOError:  # the socket closed under us
             pass
@@ -613,7 +512,7 @@ class SocketIOTransport:
         budget). True when the switch is under way.
         """
         wire = self._wires.get(conn.eio_sid)
-        if wire is None or not socket.upgraded or wire.ws.closed:
+        if wire is None or not internals.on_websocket(socket) or wire.ws.closed:
             return False
         session = conn.session
         counter = frames_out_counter(self._gateway, session.namespace, TRANSPORT)
@@ -623,7 +522,7 @@ class SocketIOTransport:
             if not session.closed and not wire.ws.closed and not wire.transport.is_closing():
                 session.attach_sink(sink)
 
-        socket.queue.put_nowait(_SwitchPacket(switch))
+        internals.enqueue(socket, _SwitchPacket(switch))
         return True
 
     async def _close(self, conn: _Conn) -> None:
@@ -636,19 +535,19 @@ class SocketIOTransport:
 
     async def close_engine(self, eio_sid: str, code: int, reason: str) -> None:
         """Close an Engine.IO connection and every namespace on it with `code`."""
-        socket = self.sio.eio.sockets.get(eio_sid)
-        if socket is None or socket.closing or socket.closed:
+        socket = internals.open_socket(self.sio, eio_sid)
+        if socket is None:
             return
         self._engine_close[eio_sid] = (code, reason)
         try:
             # Runs the disconnect handlers of every namespace and queues a CLOSE packet.
-            await socket.close(wait=False, abort=False, reason=self.sio.reason.SERVER_DISCONNECT)
+            await internals.close(socket, self.sio.reason.SERVER_DISCONNECT)
         finally:
             self._engine_close.pop(eio_sid, None)
-        if socket.upgraded:
+        if internals.on_websocket(socket):
             # Engine.IO's WebSocket writer stops at None (after the CLOSE packet) and closes
             # the WebSocket; socket.io-client ignores CLOSE packets on a WebSocket.
-            socket.queue.put_nowait(None)
+            internals.enqueue(socket, None)
         asyncio.get_running_loop().call_later(self.abort_after_s, self._inflight.abort, eio_sid)
 
     # -- disconnect ----------------------------------------------------------------------
@@ -677,7 +576,7 @@ class SocketIOTransport:
 
     async def close_all(self) -> None:
         """Close every Engine.IO connection with 1001 (sessions the drain has not closed)."""
-        for eio_sid in list(self.sio.eio.sockets):
+        for eio_sid in internals.engine_sids(self.sio):
             await self.close_engine(eio_sid, CloseCode.GOING_AWAY, "server shutting down")
 
     async def shutdown(self) -> None:
@@ -691,7 +590,7 @@ class SocketIOTransport:
 
 def socket_transport(socket: Any) -> str:
     """`websocket` or `polling`: what an Engine.IO socket currently runs on."""
-    return "websocket" if socket.upgraded else "polling"
+    return "websocket" if internals.on_websocket(socket) else "polling"
 
 
 def _resume_offset(namespace: Namespace, auth: Any, request: web.Request | None) -> int | None:

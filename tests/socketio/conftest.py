@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.conftest import Gateway
-from tests.socketio.driver import NodeClients
+from tests.socketio.driver import ORIGINAL_APP_JS, NodeClients
 from tests.socketio.install import InstallError, install
 
 
@@ -56,6 +56,25 @@ async def node_clients(socketio_client_modules: Path) -> AsyncIterator[NodeFacto
         await clients.stop()
 
 
+@pytest.fixture
+async def original_apps(socketio_client_modules: Path) -> AsyncIterator[NodeFactory]:
+    """Factory: `await original_apps(gateway)` → a Node process running the original
+    gateway's web app unchanged (tests/socketio/original_client.mjs)."""
+    started: list[NodeClients] = []
+
+    async def start(gateway: Gateway) -> NodeClients:
+        server = gateway.client.server
+        clients = await NodeClients.start(
+            socketio_client_modules, f"http://{server.host}:{server.port}", ORIGINAL_APP_JS
+        )
+        started.append(clients)
+        return clients
+
+    yield start
+    for clients in started:
+        await clients.stop()
+
+
 # Default options (long-polling first, then the WebSocket upgrade) and WebSocket only.
 TRANSPORTS = {
     "polling-first": {},
@@ -74,5 +93,5 @@ async def expect_replay(clients: NodeClients, name: str, missed: list[str]) -> N
     with `recovered: true`."""
     lines = [await clients.expect(name=name, type="event") for _ in range(len(missed) + 1)]
     assert [line["event"] for line in lines] == ["notification_new"] * len(missed) + ["resumed"]
-    assert [line["args"][0]["id"] for line in lines[:-1]] == missed
-    assert lines[-1]["args"][0]["data"] == {"recovered": True, "replayed": len(missed)}
+    assert [line["args"][1]["id"] for line in lines[:-1]] == missed
+    assert lines[-1]["args"] == [{"recovered": True, "replayed": len(missed)}, {}]

@@ -1,4 +1,5 @@
-"""A Python handle on tests/socketio/client.mjs: the real socket.io-client v4 in Node.
+"""A Python handle on tests/socketio/client.mjs (or original_client.mjs): the real
+socket.io-client v4 in Node.
 
 Commands go to the script's stdin and everything the clients see comes back as JSON lines;
 `expect()` waits for a matching line with a timeout (no sleeps).
@@ -17,6 +18,8 @@ from typing import Any
 import orjson
 
 CLIENT_JS = Path(__file__).with_name("client.mjs")
+# The original gateway's web app, unchanged (one-parameter handlers; see the script).
+ORIGINAL_APP_JS = Path(__file__).with_name("original_client.mjs")
 EXPECT_TIMEOUT_S = 10.0
 
 Line = dict[str, Any]
@@ -35,11 +38,13 @@ class NodeClients:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def start(cls, node_modules: Path, base_url: str) -> NodeClients:
-        """Start the Node process and wait for it to be ready."""
+    async def start(
+        cls, node_modules: Path, base_url: str, script: Path = CLIENT_JS
+    ) -> NodeClients:
+        """Start the Node process (`script`, client.mjs by default) and wait for it to be ready."""
         process = await asyncio.create_subprocess_exec(
             "node",
-            str(CLIENT_JS),
+            str(script),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -117,9 +122,15 @@ class NodeClients:
         return await self.expect(name=name, type="ack", ref=ref)
 
     async def event(self, name: str, event: str, **kwargs: Any) -> Any:
-        """The first argument of the next `event` that socket `name` receives."""
+        """The first argument of the next `event` that socket `name` receives (its data)."""
         line = await self.expect(name=name, type="event", event=event, **kwargs)
         return line["args"][0]
+
+    async def event_meta(self, name: str, event: str, **kwargs: Any) -> tuple[Any, Any]:
+        """Both arguments of the next `event` that socket `name` receives: (data, metadata)."""
+        line = await self.expect(name=name, type="event", event=event, **kwargs)
+        assert len(line["args"]) == 2, line
+        return line["args"][0], line["args"][1]
 
     async def close(self, name: str) -> None:
         """Disconnect socket `name`."""

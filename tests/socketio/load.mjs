@@ -1,7 +1,8 @@
 // Load client for tests/socketio/bench.py: N sockets of one kind, counting broadcasts.
 // stdin: one JSON line {"url", "kind": "native"|"sio-ws"|"sio-poll", "tokens": [...], "expect": K}
 // stdout: {"ready": N} once every socket is connected, then one summary line once every
-// socket got K notification_new events (latency = arrival - the event's ts, in ms).
+// socket got K notification_new events (latency = arrival - the event's ts, in ms; on
+// Socket.IO, ts is in the second argument, the metadata).
 import { createRequire } from "node:module";
 import path from "node:path";
 import readline from "node:readline";
@@ -42,7 +43,7 @@ function run({ url, kind, tokens, expect }) {
       const socket = io(`${url}/notifications`, opts);
       socket.on("connect", onConnect);
       socket.on("connect_error", (err) => console.log(JSON.stringify({ error: err.message })));
-      socket.on("notification_new", (frame) => onEvent(counts, i, frame));
+      socket.on("notification_new", (data, meta) => onEvent(counts, i, meta));
     }
   });
   function summary(last) {

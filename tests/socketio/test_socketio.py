@@ -39,18 +39,18 @@ async def test_notification_new_reaches_both_transports(
     await clients.connect("a", "notifications", auth={"token": mint("42")}, **transport_opts)
 
     ident = await gateway.publish("notification.user.42", {"title": "hi"})
-    frame = await clients.event("a", "notification_new")
-    # The one argument is the native frame object: event, data, id, ts, offset.
-    assert frame["data"] == {"title": "hi"}
-    assert frame["id"] == ident
-    assert isinstance(frame["ts"], int)
-    assert isinstance(frame["offset"], int)
+    data, meta = await clients.event_meta("a", "notification_new")
+    # What the publisher sent, then the metadata: id, ts, offset.
+    assert data == {"title": "hi"}
+    assert meta == {"id": ident, "ts": meta["ts"], "offset": meta["offset"]}
+    assert isinstance(meta["ts"], int)
+    assert isinstance(meta["offset"], int)
 
     await _wait_upgraded(clients, "a", transport_opts)
     await gateway.publish("notification.user.42", {"title": "after upgrade"})
-    assert (await clients.event("a", "notification_new"))["data"] == {"title": "after upgrade"}
+    assert await clients.event("a", "notification_new") == {"title": "after upgrade"}
     await gateway.publish("notification.broadcast", {"title": "everyone"})
-    assert (await clients.event("a", "notification_new"))["data"] == {"title": "everyone"}
+    assert await clients.event("a", "notification_new") == {"title": "everyone"}
 
 
 async def test_dashboard_update_reaches_both_transports(
@@ -61,14 +61,9 @@ async def test_dashboard_update_reaches_both_transports(
     await clients.connect("d", "dashboard", auth={"token": mint("7")}, **transport_opts)
 
     ident = await gateway.publish("dashboard.sales", {"total": 12})
-    frame = await clients.event("d", "dashboard_update")
-    assert frame == {
-        "event": "dashboard_update",
-        "data": {"total": 12},
-        "id": ident,
-        "ts": frame["ts"],
-        "topic": "sales",
-    }
+    data, meta = await clients.event_meta("d", "dashboard_update")
+    assert data == {"total": 12}
+    assert meta == {"id": ident, "ts": meta["ts"], "topic": "sales"}
     await _wait_upgraded(clients, "d", transport_opts)
 
     answer = await clients.emit("d", "subscribe", {"topics": ["ops"]}, ack=True)
@@ -76,7 +71,7 @@ async def test_dashboard_update_reaches_both_transports(
     assert answer["args"] == [{"topics": ["ops"]}]
     await gateway.publish("dashboard.sales", {"total": 13})
     await gateway.publish("dashboard.ops", {"load": 1})
-    assert (await clients.event("d", "dashboard_update"))["topic"] == "ops"
+    assert (await clients.event_meta("d", "dashboard_update"))[1]["topic"] == "ops"
 
 
 async def test_notification_read_is_acked_published_upstream_and_echoed(
@@ -106,8 +101,9 @@ async def test_notification_read_is_acked_published_upstream_and_echoed(
     assert body["connection_id"] in socketio_ids
 
     # The user's other devices, on both transports, get the echo; the sender does not.
-    echo = await clients.event("laptop", "notification_read")
-    assert echo["data"] == {"id": "n-1"}
+    echo, meta = await clients.event_meta("laptop", "notification_read")
+    assert echo == {"id": "n-1"}
+    assert set(meta) == {"id", "ts", "offset"}
     assert (await receive(native))["event"] == "notification_read"
     await gateway.publish("notification.user.42", {"title": "barrier"})
     first = await clients.expect(name="phone", type="event")
@@ -124,9 +120,12 @@ async def test_native_and_socketio_clients_of_one_user_get_the_same_notification
 
     ident = await gateway.publish("notification.user.42", {"title": "both"})
     native_frame = await receive(native)
-    sio_frame = await clients.event("sio", "notification_new")
-    assert sio_frame == native_frame
-    assert sio_frame["id"] == ident
+    data, meta = await clients.event_meta("sio", "notification_new")
+    # The same event: the native frame's data, then every other field but the event name.
+    assert native_frame.pop("event") == "notification_new"
+    assert data == native_frame.pop("data")
+    assert meta == native_frame
+    assert meta["id"] == ident
 
 
 async def test_multiplexed_namespaces_share_one_connection(
@@ -142,8 +141,8 @@ async def test_multiplexed_namespaces_share_one_connection(
 
     await gateway.publish("dashboard.sales", {"total": 1})
     await gateway.publish("notification.user.42", {"title": "hi"})
-    assert (await clients.event("d", "dashboard_update"))["topic"] == "sales"
-    assert (await clients.event("n", "notification_new"))["data"] == {"title": "hi"}
+    assert (await clients.event_meta("d", "dashboard_update"))[1]["topic"] == "sales"
+    assert await clients.event("n", "notification_new") == {"title": "hi"}
 
 
 @pytest.mark.parametrize(
@@ -192,7 +191,7 @@ async def test_token_from_the_access_token_query(
     clients = await node_clients(gateway)
     await clients.connect("a", "notifications", query={"access_token": mint("42")})
     await gateway.publish("notification.user.42", {"title": "q"})
-    assert (await clients.event("a", "notification_new"))["data"] == {"title": "q"}
+    assert await clients.event("a", "notification_new") == {"title": "q"}
 
 
 async def test_public_dashboard_needs_no_token(
@@ -202,7 +201,7 @@ async def test_public_dashboard_needs_no_token(
     clients = await node_clients(gateway)
     await clients.connect("wallboard", "dashboard")
     await gateway.publish("dashboard.sales", {"total": 3})
-    assert (await clients.event("wallboard", "dashboard_update"))["data"] == {"total": 3}
+    assert await clients.event("wallboard", "dashboard_update") == {"total": 3}
 
 
 async def test_per_user_cap_counts_both_transports(
@@ -253,9 +252,9 @@ async def test_errors_come_back_in_the_ack_or_as_an_error_event(
     assert answer["args"][0]["error"]["code"] == "unknown_event"
 
     await clients.emit("a", "no_such_event", {})
-    frame = await clients.event("a", "error")
-    assert frame["error"]["code"] == "unknown_event"
-    assert "ack" not in frame
+    error, meta = await clients.event_meta("a", "error")
+    assert error == {"code": "unknown_event", "message": error["message"]}
+    assert meta == {}
 
     # A binary attachment is refused like a native binary frame.
     blob = {"$binary": "AAEC"}
@@ -280,7 +279,7 @@ async def test_refresh_sends_last_values_before_the_ack(
     assert answer is not None
     assert answer["args"] == [{"topics": ["sales"]}]
     replay = await clients.expect(name="d", type="event", event="dashboard_update")
-    assert replay["args"][0]["data"] == {"total": 1}
+    assert replay["args"][0] == {"total": 1}
     assert replay["seq"] < answer["seq"], "the last value must come before the ack"
     record = await asyncio.wait_for(upstream.get(), 5)
     assert record.routing_key == "dashboard.dashboard_refresh"
@@ -300,7 +299,7 @@ async def test_rate_limit_answers_then_disconnects(
     assert line["reason"] == "io server disconnect"
     for entry in clients.seen:
         if entry.get("event") == "error":
-            codes.append(entry["args"][0]["error"]["code"])
+            codes.append(entry["args"][0]["code"])
     assert codes
     assert set(codes) == {"rate_limited"}
     metrics = await (await gateway.client.get("/metrics")).text()
@@ -504,9 +503,9 @@ async def _publish_until_closed(
     while not slow.closed and sent < limit:
         started = loop.time()
         await gateway.node.publish("notification.broadcast", {"n": sent, "pad": pad})
-        frame = await clients.event("healthy", "notification_new", within=5)
+        data = await clients.event("healthy", "notification_new", within=5)
         worst = max(worst, loop.time() - started)
-        assert frame["data"]["n"] == sent
+        assert data["n"] == sent
         sent += 1
     return sent, worst
 
@@ -628,7 +627,7 @@ async def test_a_socketio_client_resumes_with_since_on_connect(
     # In order: the replay, then `resumed`, then live traffic.
     await expect_replay(clients, "a", missed)
     live = await gateway.publish("notification.user.42", {"n": 4})
-    assert (await clients.event("a", "notification_new"))["id"] == live
+    assert (await clients.event_meta("a", "notification_new"))[1]["id"] == live
     # The connection has resumed: a second resume is refused in the ack.
     answer = await clients.emit("a", "resume", {"since": since}, ack=True)
     assert answer is not None
@@ -660,7 +659,7 @@ async def test_on_a_websocket_frames_bypass_engine_io_in_order_with_acks(
     engine = next(iter(gateway.app[SOCKETIO].sio.eio.sockets.values()))
     await until(lambda: engine.upgraded, 5, "the server side of the upgrade")
     first = await gateway.publish("dashboard.sales", {"n": 0})
-    assert (await clients.event("d", "dashboard_update"))["id"] == first
+    assert (await clients.event_meta("d", "dashboard_update"))[1]["id"] == first
     outbox = gateway.node.outbox
     flushed = outbox.flushed_frames
 
@@ -669,11 +668,11 @@ async def test_on_a_websocket_frames_bypass_engine_io_in_order_with_acks(
     answer = await clients.emit("d", "subscribe", {"topics": ["ops"]}, ack=True)
     after = await gateway.publish("dashboard.ops", {"n": 4})
 
-    got = [(await clients.event("d", "dashboard_update"))["id"] for _ in sent]
+    got = [(await clients.event_meta("d", "dashboard_update"))[1]["id"] for _ in sent]
     assert got == sent
     assert answer is not None
     assert answer["args"] == [{"topics": ["ops"]}]
-    assert (await clients.event("d", "dashboard_update"))["id"] == after
+    assert (await clients.event_meta("d", "dashboard_update"))[1]["id"] == after
     assert outbox.flushed_frames - flushed == len(sent) + 2  # the events, the ack, `after`
     text = await (await gateway.client.get("/metrics")).text()
     assert (

@@ -16,6 +16,7 @@ import pytest
 from tests.broker import AmqpGatewayFactory, Names, Service, StartRecovering
 from tests.conftest import mint, receive
 from tests.socketio.conftest import NodeFactory, expect_replay
+from tests.socketio.original import run_unchanged_app
 
 pytestmark = pytest.mark.amqp
 
@@ -33,23 +34,39 @@ async def test_events_published_to_rabbitmq_reach_socketio_clients(
     await clients.connect("inbox", "notifications", auth={"token": token}, **transport_opts)
 
     ident = await service.publish("dashboard.sales", {"data": {"total": 12}})
-    update = await clients.event("dash", "dashboard_update")
-    assert (update["event"], update["topic"], update["id"]) == ("dashboard_update", "sales", ident)
-    assert update["data"] == {"total": 12}
+    update, meta = await clients.event_meta("dash", "dashboard_update")
+    assert update == {"total": 12}
+    assert meta == {"id": ident, "ts": meta["ts"], "topic": "sales"}
 
     ident = await service.publish("notification.user.alice", {"data": {"title": "hi"}})
-    notification = await clients.event("inbox", "notification_new")
-    assert (notification["event"], notification["id"]) == ("notification_new", ident)
-    assert notification["data"] == {"title": "hi"}
+    notification, meta = await clients.event_meta("inbox", "notification_new")
+    assert notification == {"title": "hi"}
+    assert meta["id"] == ident
+    assert {"id", "ts"} <= set(meta) <= {"id", "ts", "offset"}  # offset: with a stream
 
     ident = await service.publish("notification.broadcast", {"data": {"title": "everyone"}})
-    assert (await clients.event("inbox", "notification_new"))["id"] == ident
+    assert (await clients.event_meta("inbox", "notification_new"))[1]["id"] == ident
     # Only the user's own key and the broadcast are bound for this replica.
     bound = gw.gateway.node.bindings.bound
     assert "notification.user.alice" in bound
     assert not any(
         key.startswith("notification.user.") and key != "notification.user.alice" for key in bound
     )
+
+
+async def test_the_original_app_runs_unchanged_on_a_rabbitmq_gateway(
+    start_amqp_gateway: AmqpGatewayFactory,
+    service: Service,
+    original_apps: NodeFactory,
+    transport_opts: dict[str, Any],
+) -> None:
+    gw = await start_amqp_gateway(bindings="dynamic")
+    apps = await original_apps(gw.gateway)
+
+    async def publish(routing_key: str, data: Any) -> str:
+        return await service.publish(routing_key, {"data": data})
+
+    await run_unchanged_app(apps, publish, transport_opts)
 
 
 async def test_socketio_clients_on_two_replicas_get_only_their_own_notifications(
@@ -63,10 +80,10 @@ async def test_socketio_clients_on_two_replicas_get_only_their_own_notifications
 
     for_bob = await service.publish("notification.user.bob", {"data": "for bob"})
     for_alice = await service.publish("notification.user.alice", {"data": "for alice"})
-    assert (await on_b.event("bob", "notification_new"))["id"] == for_bob
-    assert (await on_a.event("alice", "notification_new"))["id"] == for_alice
+    assert (await on_b.event_meta("bob", "notification_new"))[1]["id"] == for_bob
+    assert (await on_a.event_meta("alice", "notification_new"))[1]["id"] == for_alice
     # Alice's first event was her own, so bob's never reached her (and the other way round).
-    received = [line["args"][0]["id"] for line in on_a.seen + on_b.seen if line["type"] == "event"]
+    received = [line["args"][1]["id"] for line in on_a.seen + on_b.seen if line["type"] == "event"]
     assert sorted(received) == sorted([for_bob, for_alice])
 
 
@@ -103,7 +120,7 @@ async def test_notification_read_is_acked_after_rabbitmq_has_it_and_echoed_acros
     assert (echo["event"], echo["data"]) == ("notification_read", {"id": "n-1"})
     barrier = await service.publish("notification.user.carol", {"data": "after"})
     first = await clients.expect(name="phone", type="event")
-    assert (first["event"], first["args"][0]["id"]) == ("notification_new", barrier), first
+    assert (first["event"], first["args"][1]["id"]) == ("notification_new", barrier), first
 
 
 async def test_a_native_and_a_socketio_client_of_one_user_get_the_same_notification(
@@ -117,9 +134,11 @@ async def test_a_native_and_a_socketio_client_of_one_user_get_the_same_notificat
     other_replica = await b.gateway.connect("notifications", user="dora")
 
     ident = await service.publish("notification.user.dora", {"data": {"title": "both"}})
-    sio_frame = await clients.event("browser", "notification_new")
-    assert sio_frame["id"] == ident
-    assert await receive(same_replica) == sio_frame  # the same frame, byte for byte
+    data, meta = await clients.event_meta("browser", "notification_new")
+    assert meta["id"] == ident
+    # The same event: the native frame's data, then every other field but the event name.
+    sio_frame = {"event": "notification_new", "data": data, **meta}
+    assert await receive(same_replica) == sio_frame
     # Each replica stamps `ts` when it receives the message (the publisher set no timestamp).
     elsewhere = await receive(other_replica)
     assert {**elsewhere, "ts": None} == {**sio_frame, "ts": None}
@@ -138,9 +157,9 @@ async def test_a_socketio_client_resumes_on_another_replica_from_the_stream(
     token = mint("erin")
     await on_a.connect("tab", "notifications", auth={"token": token}, **transport_opts)
     first = await service.publish("notification.user.erin", {"data": {"n": 0}})
-    frame = await on_a.event("tab", "notification_new")
-    assert frame["id"] == first
-    since = frame["offset"]
+    _, meta = await on_a.event_meta("tab", "notification_new")
+    assert meta["id"] == first
+    since = meta["offset"]
     await on_a.close("tab")
     missed = [await service.publish("notification.user.erin", {"data": {"n": n}}) for n in (1, 2)]
     await service.publish("notification.user.frank", {"data": "not erin's"})
@@ -153,7 +172,7 @@ async def test_a_socketio_client_resumes_on_another_replica_from_the_stream(
     await on_b.connect("tab", "notifications", auth=auth, **transport_opts)
     await expect_replay(on_b, "tab", missed)
     live = await service.publish("notification.user.erin", {"data": {"n": 3}})
-    assert (await on_b.event("tab", "notification_new"))["id"] == live
+    assert (await on_b.event_meta("tab", "notification_new"))[1]["id"] == live
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from service import codec, routing
+from service.errors import ErrorCode
 from service.hub import Hub
 from service.model import Namespace, Principal
 from service.session import Session
@@ -17,24 +18,57 @@ def _args(packet: bytes, prefix: bytes) -> object:
     return orjson.loads(packet[len(prefix) :])
 
 
-def test_event_packet_embeds_the_native_frame() -> None:
-    frame = codec.encode_event("dashboard_update", {"v": 1}, "id-1", 5, topic="sales")
+def test_event_packet_carries_the_data_then_the_metadata() -> None:
+    frame = codec.encode_event("dashboard_update", {"sales": 1}, "id-1", 5, topic="sales")
     packet = codec.socketio_event_packet("dashboard", frame)
-    assert _args(packet, b"2/dashboard,") == ["dashboard_update", orjson.loads(frame)]
-    assert frame in packet  # embedded as it is, not serialised again
+    meta = {"id": "id-1", "ts": 5, "topic": "sales"}
+    assert _args(packet, b"2/dashboard,") == ["dashboard_update", {"sales": 1}, meta]
+
+
+def test_notification_metadata_has_the_offset() -> None:
+    frame = codec.encode_event("notification_new", {"title": "hi"}, "n-1", 7, offset=3)
+    packet = codec.socketio_event_packet("notifications", frame)
+    meta = {"id": "n-1", "ts": 7, "offset": 3}
+    assert _args(packet, b"2/notifications,") == ["notification_new", {"title": "hi"}, meta]
+
+
+def test_data_of_any_json_type_is_the_first_argument() -> None:
+    for data in [None, "text", 12, [1, 2], {"nested": {"a": [True]}}]:
+        frame = codec.encode_event("notification_new", data, "i", 1, offset=1)
+        packet = codec.socketio_event_packet("notifications", frame)
+        assert _args(packet, b"2/notifications,") == [
+            "notification_new",
+            data,
+            {"id": "i", "ts": 1, "offset": 1},
+        ]
+
+
+def test_resumed_and_error_events_carry_their_object_and_empty_metadata() -> None:
+    resumed = codec.encode_plain("resumed", {"recovered": True, "replayed": 2})
+    assert _args(codec.socketio_event_packet("notifications", resumed), b"2/notifications,") == [
+        "resumed",
+        {"recovered": True, "replayed": 2},
+        {},
+    ]
+    error = codec.encode_error(ErrorCode.UNKNOWN_EVENT, "no such event")
+    assert _args(codec.socketio_event_packet("dashboard", error), b"2/dashboard,") == [
+        "error",
+        {"code": "unknown_event", "message": "no such event"},
+        {},
+    ]
 
 
 def test_event_names_that_need_escaping_still_make_valid_packets() -> None:
     for name in ['say "hi"', "back\\slash", "é", "tab\t"]:
         frame = codec.encode_event(name, None, "i", 1)
         packet = codec.socketio_event_packet("notifications", frame)
-        assert _args(packet, b"2/notifications,") == [name, orjson.loads(frame)]
+        assert _args(packet, b"2/notifications,") == [name, None, {"id": "i", "ts": 1}]
 
 
 def test_frames_not_built_by_the_codec_are_parsed() -> None:
     frame = orjson.dumps({"data": 1, "event": "late_key"})
     packet = codec.socketio_event_packet("dashboard", frame)
-    assert _args(packet, b"2/dashboard,") == ["late_key", {"data": 1, "event": "late_key"}]
+    assert _args(packet, b"2/dashboard,") == ["late_key", 1, {}]
 
 
 def test_ack_packet() -> None:
