@@ -508,10 +508,10 @@ class AmqpBackbone:
                 log.exception("event_failed", message_id=event.id, routing_key=event.routing_key)
         return event
 
-    def _decode_entry(self, delivery: Delivery) -> Event | None:
+    def _decode_entry(self, delivery: Delivery, offset: int) -> Event | None:
         """A notification read back from the stream (replay), or None when it is unusable."""
         try:
-            event = self._decode(delivery)
+            event = self._decode(delivery, offset)
         except _Unusable:
             return None
         return None if event.routing_key.startswith(routing.DASHBOARD_PREFIX) else event

@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -56,7 +55,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from service.backbone.errors import LINK_ERRORS
 from service.backbone.history import RecentLog
 from service.backbone.settle import Settler
-from service.backbone.tap import Delivery, DeliveryTap, delivery_from_aiormq, fallback
+from service.backbone.tap import Delivery, DeliveryTap, fallback
 from service.errors import BackboneUnavailable
 from service.model import Event
 
@@ -70,8 +69,8 @@ MAX_BYTES = 1 << 30
 RECENT_ENTRIES = 20_000
 CLOSE_TIMEOUT_S = 5.0
 
-#: Turns one stream entry read back (replay) into an Event (offset not set), or None.
-Decode = Callable[[Delivery], Event | None]
+#: Turns one stream entry read back (replay) and its offset into an Event, or None.
+Decode = Callable[[Delivery, int], Event | None]
 #: Handles one live entry with its offset: the Event handed on (for the tail), or None.
 OnEntry = Callable[[Delivery, int], Event | None]
 OnLost = Callable[[BaseException | None], None]
@@ -116,6 +115,7 @@ class NotificationStream:
         self._connection: AbstractConnection | None = None
         self._live: AbstractChannel | None = None
         self._settler: Settler | None = None
+        self._tap: DeliveryTap | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.readers = 0  # replay consumers opened since start
         self._on_reader = on_reader
@@ -196,13 +196,13 @@ class NotificationStream:
             arguments={OFFSET_HEADER: start},
             consumer_tag=tag,
         )
-        self._connection, self._live = connection, channel
+        self._connection, self._live, self._tap = connection, channel, tap
         self._attached_once = True
         log.info("stream_attached", stream=self.name, start=start)
 
     async def detach(self) -> None:
         """Forget the connection (it is gone or going); replays fail until the next attach."""
-        self._connection = self._live = None
+        self._connection = self._live = self._tap = None
         settler, self._settler = self._settler, None
         if settler is not None:
             await settler.stop()
@@ -293,8 +293,8 @@ class NotificationStream:
 
     async def _read_stream(self, since: int, until: int, sink: Callable[[Event], None]) -> int:
         """Pass the entries `since < offset <= until` read by a stream consumer; the floor."""
-        connection = self._connection
-        if connection is None or connection.is_closed:
+        connection, tap = self._connection, self._tap
+        if connection is None or tap is None or connection.is_closed:
             raise BackboneUnavailable("the notification stream is not attached")
         try:
             channel = await connection.channel(publisher_confirms=False)
@@ -303,9 +303,6 @@ class NotificationStream:
         except LINK_ERRORS as exc:
             raise BackboneUnavailable(f"cannot open a stream reader: {exc!r}") from None
         entries: asyncio.Queue[Delivery | None] = asyncio.Queue()
-
-        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            entries.put_nowait(delivery_from_aiormq(message))
 
         def gone(*_args: object) -> None:
             entries.put_nowait(None)
@@ -321,7 +318,14 @@ class NotificationStream:
             # there, RabbitMQ delivers it (or its whole chunk), which proves that nothing
             # after it is lost.
             start: int | str = since - 1 if since >= 1 else "first"
-            await raw.basic_consume(self.name, on_message, arguments={OFFSET_HEADER: start})
+            tag = f"{self.name}.reader.{self.readers}"
+            tap.tap(raw.number, tag, entries.put_nowait)  # the lean path, as the live consumer
+            await raw.basic_consume(
+                self.name,
+                fallback(entries.put_nowait),
+                arguments={OFFSET_HEADER: start},
+                consumer_tag=tag,
+            )
             taken = 0
             while True:
                 message = await entries.get()
@@ -339,14 +343,15 @@ class NotificationStream:
                     continue
                 if offset > until:
                     break
-                event = self._decode(message)
+                event = self._decode(message, offset)
                 if event is not None:
-                    sink(replace(event, offset=offset))
+                    sink(event)
                 if offset >= until:
                     break
         except LINK_ERRORS as exc:
             raise BackboneUnavailable(f"stream reader failed: {exc!r}") from None
         finally:
+            tap.untap(raw.number)
             with contextlib.suppress(*LINK_ERRORS, asyncio.CancelledError):
                 await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
         assert first is not None
