@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiormq.abc
+import aiormq.exceptions
 import structlog
 from pamqp.commands import Basic
 
@@ -82,15 +83,27 @@ class DeadLetterPublisher:
                 self._wake.clear()
                 while self._pending:
                     delivery, reason = self._pending[0]
-                    async with asyncio.timeout(CONFIRM_TIMEOUT_S):
-                        await channel.basic_publish(
-                            delivery.body,
-                            exchange=self.exchange,
+                    try:
+                        async with asyncio.timeout(CONFIRM_TIMEOUT_S):
+                            await channel.basic_publish(
+                                delivery.body,
+                                exchange=self.exchange,
+                                routing_key=delivery.routing_key,
+                                properties=self._properties(delivery, reason),
+                            )
+                    except (TimeoutError, aiormq.exceptions.DeliveryError) as exc:
+                        # Not confirmed (or refused): log it rather than publish it twice.
+                        self.dropped += 1
+                        log.error(
+                            "dead_letter_unconfirmed",
+                            message_id=delivery.properties.message_id,
                             routing_key=delivery.routing_key,
-                            properties=self._properties(delivery, reason),
+                            error=type(exc).__name__,
                         )
-                    self._pending.popleft()  # only once confirmed: a lost link retries it
-                    self.published += 1
+                    else:
+                        self.published += 1
+                    # Removed only now: a link lost during the publish retries it on the next.
+                    self._pending.popleft()
 
     def _properties(self, delivery: Delivery, reason: str) -> Basic.Properties:
         source = delivery.properties
