@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 from service.errors import ConfigError
 from service.model import Namespace
 
@@ -187,9 +189,15 @@ def _keys(raw: str) -> tuple[str, ...]:
 
 
 def _amqp_url(raw: str) -> str:
+    # Never echo the value in a problem: it may hold a password.
     value = raw.strip()
-    if urlsplit(value).scheme not in ("amqp", "amqps"):
-        raise ValueError("must be an amqp:// or amqps:// URL")  # never echo: may hold a password
+    try:
+        parsed = URL(value)
+        host, _ = parsed.host, parsed.port  # yarl checks the port when it is read
+    except ValueError:
+        raise ValueError("is not a valid URL (check the port and the characters)") from None
+    if parsed.scheme not in ("amqp", "amqps") or not host:
+        raise ValueError("must be an amqp:// or amqps:// URL with a host")
     return value
 
 

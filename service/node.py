@@ -177,6 +177,8 @@ class Node:
         """Raise Refused (503 / 429) when this connection may not be opened now."""
         if self.draining:
             raise Refused(503, "unavailable", "server is draining; reconnect elsewhere")
+        if not self.backbone.ready:
+            raise Refused(503, "unavailable", f"backbone unavailable: {self.backbone.reason}")
         limit = self.limits.max_connections
         if limit and len(self.hub) >= limit:
             raise Refused(503, "unavailable", "server is at its connection limit")

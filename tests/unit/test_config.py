@@ -243,9 +243,20 @@ def test_invalid_flag_names_its_variable() -> None:
     assert str(info.value) == "GATEWAY_PORT: must be an integer from 0 to 65535, got 'abc'"
 
 
-def test_amqp_url_problem_does_not_echo_the_url() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pw@host",
+        "amqp://user:pw@host:99999/",
+        "amqp://user:pw@host:port/",
+        "amqp:///vhost-without-host",
+        "not a url at all pw",
+    ],
+)
+def test_a_malformed_amqp_url_stops_the_start_without_echoing_it(url: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load({**SECRET, "GATEWAY_AMQP_URL": "http://user:pw@host"})
+        load({**SECRET, "GATEWAY_AMQP_URL": url})
+    assert info.value.variable == "GATEWAY_AMQP_URL"
     assert "pw" not in str(info.value)
 
 
