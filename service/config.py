@@ -77,6 +77,7 @@ class Config:
     amqp_prefetch: int = 1000
     binding_grace_s: float = 5.0
     demo: bool = False
+    demo_with_broker: bool = False
 
     @property
     def jwt_configured(self) -> bool:
@@ -515,6 +516,15 @@ OPTIONS: tuple[Option, ...] = (
         "serve /demo/ (page, dev token endpoint) and a synthetic producer; local use only",
         "BOOL",
     ),
+    _opt(
+        "DEMO_WITH_BROKER",
+        "demo_with_broker",
+        _bool,
+        "false",
+        "allow demo mode together with GATEWAY_AMQP_URL (refused otherwise: a broker means a "
+        "real deployment, where /demo/token must not mint tokens)",
+        "BOOL",
+    ),
 )
 OPTIONS_BY_ENV: Mapping[str, Option] = {option.env: option for option in OPTIONS}
 
@@ -591,6 +601,12 @@ def validate(config: Config) -> None:
     if Namespace.NOTIFICATIONS in config.public_namespaces:
         raise ConfigError(
             "GATEWAY_PUBLIC_NAMESPACES", "notifications requires a token and cannot be public"
+        )
+    if config.demo and config.amqp_url and not config.demo_with_broker:
+        raise ConfigError(
+            "GATEWAY_DEMO",
+            "demo mode mints tokens for any user and GATEWAY_AMQP_URL is set (a real "
+            "deployment?): turn demo mode off, or set GATEWAY_DEMO_WITH_BROKER=1 to run both",
         )
     private = config.namespaces - config.public_namespaces
     if not config.jwt_configured and private:

@@ -364,3 +364,14 @@ def test_reference_markdown_lists_every_option() -> None:
         "| `GATEWAY_MAX_MESSAGE_BYTES` | `--max-message-bytes` | `65536` | "
         "max inbound frame size in bytes |" in lines
     )
+
+
+def test_demo_mode_next_to_a_broker_needs_an_explicit_setting() -> None:
+    env = {**SECRET, "GATEWAY_DEMO": "1", "GATEWAY_AMQP_URL": "amqp://u:pw@h/"}
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    assert info.value.variable == "GATEWAY_DEMO"
+    assert "GATEWAY_DEMO_WITH_BROKER" in info.value.problem
+    config = load({**env, "GATEWAY_DEMO_WITH_BROKER": "1"})
+    assert (config.demo, config.demo_with_broker) == (True, True)
+    assert load({**SECRET, "GATEWAY_DEMO": "1"}).demo  # the embedded backbone needs nothing
