@@ -240,8 +240,9 @@ async def _serve(
         def on_signal(signum: int, frame: FrameType | None) -> None:
             # A plain handler, not loop.add_signal_handler: Python runs it before any further
             # bytecode, so a /readyz already read from its socket answers 503 too, where a
-            # loop callback could come after it. It only flips a flag and wakes the loop.
-            node.draining = True
+            # loop callback could come after it. begin_drain only flips a flag (and leaves
+            # its log line to the loop); this wakes the loop.
+            node.begin_drain()
             loop.call_soon_threadsafe(stop.set)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

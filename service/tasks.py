@@ -16,12 +16,18 @@ from typing import Any
 
 @contextlib.contextmanager
 def suppress_foreign_cancel() -> Iterator[None]:
-    """Absorb a CancelledError unless the current task is itself being cancelled."""
+    """Absorb a CancelledError unless the current task was cancelled inside the block.
+
+    A cancel that came before the block (a `finally` running because of it) is left to go on
+    propagating after that cleanup; a CancelledError that is nobody's cancel of this task
+    (the awaited task's own, aiormq's for a closed channel) is absorbed.
+    """
+    current = asyncio.current_task()
+    before = current.cancelling() if current is not None else 0
     try:
         yield
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is None or current.cancelling():
+        if current is None or current.cancelling() > before:
             raise
 
 
@@ -34,8 +40,9 @@ async def wait_ended(task: asyncio.Future[Any]) -> None:
 async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
     """Cancel `task` (None: nothing to do) and wait until it has ended.
 
-    Re-raises CancelledError when the caller is being cancelled, before or while it waits.
-    An exception the task ended with (other than its cancellation) propagates.
+    Re-raises CancelledError when the caller is cancelled while it waits (its cleanup after
+    an earlier cancel runs to its end; that cancel still propagates from where it was
+    caught). An exception the task ended with (other than its cancellation) propagates.
     """
     if task is None:
         return

@@ -57,6 +57,7 @@ from service.backbone.base import OnEvent
 from service.backbone.history import RecentLog
 from service.errors import BackboneUnavailable
 from service.model import Event
+from service.tasks import suppress_foreign_cancel
 
 log = structlog.get_logger(__name__)
 
@@ -205,7 +206,8 @@ class NotificationStream:
             queue = await channel.declare_queue(self.name, passive=True)
         await queue.bind(self.exchange, NOTIFICATIONS_PATTERN)
         with contextlib.suppress(*_LINK_ERRORS):
-            await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await channel.close()
         return queue
 
     # -- NotificationLog ------------------------------------------------------------------
@@ -233,7 +235,8 @@ class NotificationStream:
         entry = (offset, future)
         self._waiters.append(entry)
         try:
-            await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await future
         except TimeoutError:
             return False
         finally:
@@ -333,8 +336,11 @@ class NotificationStream:
         except _LINK_ERRORS as exc:
             raise BackboneUnavailable(f"stream reader failed: {exc!r}") from None
         finally:
-            with contextlib.suppress(*_LINK_ERRORS, asyncio.CancelledError):
-                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+            # aiormq may fail the close with a CancelledError of its own (the connection
+            # went meanwhile): absorbed, while this task's own cancellation propagates.
+            with contextlib.suppress(*_LINK_ERRORS), suppress_foreign_cancel():
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await channel.close()
         assert first is not None
         # The first entry the stream still had: at or below `since`, nothing was lost;
         # above it, everything from it on was read.

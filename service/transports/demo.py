@@ -16,7 +16,6 @@ list the origin it is opened from (`scripts/run` does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import math
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.routing import id_problem
+from service.tasks import cancel_and_wait
 from service.transports.context import GATEWAY, error_response
 
 if TYPE_CHECKING:
@@ -147,9 +147,7 @@ def setup(app: web.Application, producer: DemoProducer) -> None:
     async def run_producer(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(producer.run(), name="demo-producer")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     app.cleanup_ctx.append(run_producer)
     log.warning(
