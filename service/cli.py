@@ -10,7 +10,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +177,7 @@ def serve(config: Config) -> int:
     With GATEWAY_WORKERS > 1 this process becomes the supervisor of that many workers.
     """
     configure_logging(config.log_level, config.log_format)
+    warn_unknown_variables(os.environ)
     if config.workers > 1:
         if not config.amqp_url:
             raise ConfigError(
@@ -188,6 +189,17 @@ def serve(config: Config) -> int:
 
         return Supervisor(config).run()
     return serve_one(config)
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One warning per GATEWAY_* variable that is no option, naming the closest known one."""
+    for name in config_module.unknown_variables(environ):
+        log.warning(
+            "unknown_variable",
+            variable=name,
+            closest=config_module.closest_option(name),
+            note="ignored: not a gateway option (see realtime-gateway --help)",
+        )
 
 
 def serve_one(config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:

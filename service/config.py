@@ -9,6 +9,7 @@ default. Anything invalid raises `ConfigError(variable, problem)`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -624,6 +625,14 @@ def _names(namespaces: Iterable[Namespace]) -> str:
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """`GATEWAY_*` variables that are not options (likely typos), for the caller to warn about."""
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in OPTIONS_BY_ENV)
+
+
+def closest_option(name: str) -> str | None:
+    """The variable `name` most likely meant (`GATEWAY_JWT_SECRETT` → `GATEWAY_JWT_SECRET`)."""
+    # Compared without the prefix, which every name shares and which would make any match.
+    known = {env.removeprefix(ENV_PREFIX): env for env in OPTIONS_BY_ENV}
+    matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.6)
+    return known[matches[0]] if matches else None
 
 
 def reference_markdown() -> str:

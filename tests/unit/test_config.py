@@ -356,6 +356,19 @@ def test_unknown_variables_are_reported() -> None:
     assert config.unknown_variables(env) == ["GATEWAY_PROT"]
 
 
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("GATEWAY_PROT", "GATEWAY_PORT"),
+        ("GATEWAY_JWT_SECRETT", "GATEWAY_JWT_SECRET"),
+        ("GATEWAY_API_KEY", "GATEWAY_API_KEYS"),
+        ("GATEWAY_SOMETHING_ELSE_ENTIRELY", None),
+    ],
+)
+def test_the_closest_option_is_named(name: str, closest: str | None) -> None:
+    assert config.closest_option(name) == closest
+
+
 def test_reference_markdown_lists_every_option() -> None:
     lines = config.reference_markdown().splitlines()
     assert lines[0] == "| variable | flag | default | meaning |"
