@@ -1,8 +1,9 @@
 """The native WebSocket transport: `GET /ws/{namespace}`.
 
 Every refusal happens as HTTP before the upgrade (404, 401, 403, 429, 503). After the upgrade,
-one reader loop (this handler) decodes client frames and one writer task drains the session's
-outbound buffer; the hub never awaits a socket.
+the handler is the connection's only task: it reads and decodes client frames, while outbound
+frames go from the session to the socket's transport through `WireSink`, flushed by the node's
+Outbox once per loop iteration; the hub never awaits a socket.
 """
 
 from __future__ import annotations
