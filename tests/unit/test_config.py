@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service import config
+from service.app import build_authenticator
 from service.config import OPTIONS, Config, add_arguments, from_namespace, load, validate
 from service.errors import ConfigError
 from service.model import Namespace
@@ -329,12 +330,13 @@ def test_jwks_file_missing_is_refused(tmp_path: Path) -> None:
         load({"GATEWAY_JWKS_FILE": str(tmp_path / "missing.json")})
 
 
-@pytest.mark.parametrize("content", ["{not json", "[]", '{"keys": {}}'])
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"keys": {}}', '{"keys": []}'])
 def test_jwks_file_without_keys_list_is_refused(tmp_path: Path, content: str) -> None:
+    # The file is parsed once, by the authenticator the app (and the supervisor) builds first.
     jwks = tmp_path / "jwks.json"
     jwks.write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        load({"GATEWAY_JWKS_FILE": str(jwks)})
+        build_authenticator(load({"GATEWAY_JWKS_FILE": str(jwks)}))
     assert info.value.variable == "GATEWAY_JWKS_FILE"
 
 
