@@ -272,7 +272,8 @@ def _reason(e: Exception) -> str:
 class Option:
     """One setting: its variable, the Config field(s) it fills, how to parse it, its docs.
 
-    `default` is the text shown in help and docs; the value itself is the Config default.
+    The default value is the Config field's default, written once there; `default` is its
+    text for help and docs.
     """
 
     env: str
@@ -293,27 +294,42 @@ class Option:
         return self.parse is _bool
 
 
+def _default_text(value: object) -> str:
+    """A Config default as a variable would spell it (`20.0` → `20`, a set → a comma list)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, frozenset | tuple):
+        return ",".join(sorted(str(item) for item in value))
+    return str(value)
+
+
 def _opt(
     env: str,
     name: str | tuple[str, ...],
     parse: Parser,
-    default: str,
     help: str,
     metavar: str = "VALUE",
+    *,
+    shown_default: str | None = None,
 ) -> Option:
+    """An option whose default is the Config field's (several fields: joined with `/`)."""
     names = (name,) if isinstance(name, str) else name
-    return Option(ENV_PREFIX + env, names, parse, default, help, metavar)
+    if shown_default is None:
+        fields = Config.__dataclass_fields__
+        shown_default = "/".join(_default_text(fields[n].default) for n in names)
+    return Option(ENV_PREFIX + env, names, parse, shown_default, help, metavar)
 
 
 OPTIONS: tuple[Option, ...] = (
-    _opt("HOST", "host", _text, "0.0.0.0", "listen address", "HOST"),
-    _opt("PORT", "port", _int(0, 65535), "8080", "listen port (0 = any free port)", "PORT"),
-    _opt("WORKERS", "workers", _int(1), "1", "worker processes sharing the port", "N"),
+    _opt("HOST", "host", _text, "listen address", "HOST"),
+    _opt("PORT", "port", _int(0, 65535), "listen port (0 = any free port)", "PORT"),
+    _opt("WORKERS", "workers", _int(1), "worker processes sharing the port", "N"),
     _opt(
         "AMQP_URL",
         "amqp_url",
         _amqp_url,
-        "",
         "RabbitMQ URL; empty = embedded in-memory backbone (single instance)",
         "URL",
     ),
@@ -321,7 +337,6 @@ OPTIONS: tuple[Option, ...] = (
         "EXCHANGE",
         "exchange",
         _exchange,
-        "realtime.events",
         "topic exchange services publish to",
         "NAME",
     ),
@@ -329,7 +344,6 @@ OPTIONS: tuple[Option, ...] = (
         "UPSTREAM_EXCHANGE",
         "upstream_exchange",
         _exchange,
-        "realtime.upstream",
         "topic exchange client events are published to",
         "NAME",
     ),
@@ -337,15 +351,14 @@ OPTIONS: tuple[Option, ...] = (
         "INSTANCE_ID",
         "instance_id",
         _instance_id,
-        "hostname-pid",
         "names this instance's queue and log lines",
         "ID",
+        shown_default="hostname-pid",  # computed at start (default_instance_id)
     ),
     _opt(
         "BINDINGS",
         "bindings",
         _choice("auto", "dynamic", "wildcard"),
-        "auto",
         "how the instance queue is bound: auto, dynamic or wildcard",
         "MODE",
     ),
@@ -353,7 +366,6 @@ OPTIONS: tuple[Option, ...] = (
         "USER_BINDINGS_MAX",
         "user_bindings_max",
         _int(0),
-        "1000",
         "in auto mode, above this many local users bind notification.user.# once",
         "N",
     ),
@@ -361,7 +373,6 @@ OPTIONS: tuple[Option, ...] = (
         "JWT_SECRET",
         "jwt_secret",
         _secret,
-        "",
         "HS256 secret; prefer the variable (flags show up in ps)",
         "SECRET",
     ),
@@ -369,18 +380,16 @@ OPTIONS: tuple[Option, ...] = (
         "JWT_PUBLIC_KEY",
         "jwt_public_key",
         _pem,
-        "",
         "PEM public key (RS256/ES256), inline or the path of a PEM file",
         "PEM",
     ),
-    _opt("JWKS_FILE", "jwks_file", _jwks_file, "", "JWKS file for RS256/ES256", "PATH"),
-    _opt("JWT_AUDIENCE", "jwt_audience", _text, "", "required `aud` claim, when set", "AUD"),
-    _opt("JWT_ISSUER", "jwt_issuer", _text, "", "required `iss` claim, when set", "ISS"),
+    _opt("JWKS_FILE", "jwks_file", _jwks_file, "JWKS file for RS256/ES256", "PATH"),
+    _opt("JWT_AUDIENCE", "jwt_audience", _text, "required `aud` claim, when set", "AUD"),
+    _opt("JWT_ISSUER", "jwt_issuer", _text, "required `iss` claim, when set", "ISS"),
     _opt(
         "PUBLIC_NAMESPACES",
         "public_namespaces",
         _namespaces(required=False),
-        "",
         "comma list of namespaces that accept connections without a token (dashboard only)",
         "LIST",
     ),
@@ -388,7 +397,6 @@ OPTIONS: tuple[Option, ...] = (
         "NAMESPACES",
         "namespaces",
         _namespaces(required=True),
-        "dashboard,notifications",
         "comma list of namespaces served",
         "LIST",
     ),
@@ -396,7 +404,6 @@ OPTIONS: tuple[Option, ...] = (
         "ALLOWED_ORIGINS",
         "allowed_origins",
         _origins,
-        "",
         "comma list of browser origins allowed to connect; '*' only when set explicitly",
         "LIST",
     ),
@@ -404,7 +411,6 @@ OPTIONS: tuple[Option, ...] = (
         "API_KEYS",
         "api_keys",
         _keys,
-        "",
         "comma list of keys for POST /api/publish; empty = endpoint answers 404",
         "LIST",
     ),
@@ -412,7 +418,6 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_MESSAGE_BYTES",
         "max_message_bytes",
         _int(1024),
-        "65536",
         "max inbound frame size in bytes",
         "BYTES",
     ),
@@ -420,7 +425,6 @@ OPTIONS: tuple[Option, ...] = (
         "RATE_LIMIT",
         ("rate_limit_per_s", "rate_limit_burst"),
         _rate_limit,
-        "20/40",
         "inbound messages per second / burst, per connection",
         "RATE/BURST",
     ),
@@ -428,7 +432,6 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_CONNECTIONS",
         "max_connections",
         _int(0),
-        "0",
         "max connections per process (0 = no limit); beyond it upgrades get 503",
         "N",
     ),
@@ -436,7 +439,6 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_CONNECTIONS_PER_USER",
         "max_connections_per_user",
         _int(1),
-        "20",
         "max connections per user per process; beyond it upgrades get 429",
         "N",
     ),
@@ -444,7 +446,6 @@ OPTIONS: tuple[Option, ...] = (
         "SEND_QUEUE_BYTES",
         "send_queue_bytes",
         _int(1024),
-        "1048576",
         "per-connection outbound buffer in bytes; overflow closes with 4008",
         "BYTES",
     ),
@@ -452,7 +453,6 @@ OPTIONS: tuple[Option, ...] = (
         "HEARTBEAT_SECONDS",
         "heartbeat_s",
         _float(0, strict=True),
-        "25",
         "ping a peer silent this long; close it if no pong within half that",
         "SECONDS",
     ),
@@ -460,7 +460,6 @@ OPTIONS: tuple[Option, ...] = (
         "DRAIN_SECONDS",
         "drain_s",
         _float(0),
-        "10",
         "on SIGTERM, spread socket closes over this window",
         "SECONDS",
     ),
@@ -468,7 +467,6 @@ OPTIONS: tuple[Option, ...] = (
         "RECOVERY_WINDOW_SECONDS",
         "recovery_window_s",
         _float(0),
-        "600",
         "how far back a reconnecting notifications client can recover",
         "SECONDS",
     ),
@@ -476,7 +474,6 @@ OPTIONS: tuple[Option, ...] = (
         "RECOVERY_STREAM",
         "recovery_stream",
         _exchange,
-        "realtime.notifications",
         "RabbitMQ stream queue that keeps notifications for recovery (RabbitMQ backbone only)",
         "NAME",
     ),
@@ -484,18 +481,14 @@ OPTIONS: tuple[Option, ...] = (
         "LOG_LEVEL",
         "log_level",
         _choice("debug", "info", "warning", "error"),
-        "info",
         "debug, info, warning or error",
         "LEVEL",
     ),
-    _opt(
-        "LOG_FORMAT", "log_format", _choice("json", "console"), "json", "json or console", "FORMAT"
-    ),
+    _opt("LOG_FORMAT", "log_format", _choice("json", "console"), "json or console", "FORMAT"),
     _opt(
         "AMQP_PREFETCH",
         "amqp_prefetch",
         _int(1),
-        "1000",
         "unacknowledged AMQP deliveries in flight",
         "N",
     ),
@@ -503,7 +496,6 @@ OPTIONS: tuple[Option, ...] = (
         "BINDING_GRACE_SECONDS",
         "binding_grace_s",
         _float(0),
-        "5",
         "how long an unneeded binding lingers before it is removed",
         "SECONDS",
     ),
@@ -511,7 +503,6 @@ OPTIONS: tuple[Option, ...] = (
         "DEMO",
         "demo",
         _bool,
-        "false",
         "serve /demo/ (page, dev token endpoint) and a synthetic producer; local use only",
         "BOOL",
     ),
@@ -519,7 +510,6 @@ OPTIONS: tuple[Option, ...] = (
         "DEMO_WITH_BROKER",
         "demo_with_broker",
         _bool,
-        "false",
         "allow demo mode together with GATEWAY_AMQP_URL (refused otherwise: a broker means a "
         "real deployment, where /demo/token must not mint tokens)",
         "BOOL",
