@@ -62,12 +62,6 @@ async def _serve(
             backlog=LISTEN_BACKLOG,
         )
         await site.start()
-        log.info(
-            "listening",
-            host=config.host,
-            port=_bound_port(runner, config.port),
-            backbone="amqp" if config.amqp_url else "embedded",
-        )
         node = app[GATEWAY].node
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -82,6 +76,13 @@ async def _serve(
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            # Logged once the handlers are in place: a SIGTERM from then on drains.
+            log.info(
+                "listening",
+                host=config.host,
+                port=_bound_port(runner, config.port),
+                backbone="amqp" if config.amqp_url else "embedded",
+            )
             await stop.wait()
         finally:
             for sig, handler in previous.items():
