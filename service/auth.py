@@ -23,7 +23,6 @@ contains the token): code `token_expired` for an expired token, `invalid_token` 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -290,31 +289,29 @@ def _load_pem(pem: str) -> _Key:
 
 
 def _load_jwks(text: str) -> tuple[_Key, ...]:
-    """The usable signing keys of a JWKS document; ValueError if unparseable or none usable."""
+    """The usable signing keys of a JWKS document; ValueError if unparseable or none usable.
+
+    PyJWT's `PyJWKSet` parses the document (skipping keys it cannot load); of those, the
+    RS256 / ES256 signing keys of acceptable strength are kept.
+    """
     try:
-        document = json.loads(text)
-    except ValueError as exc:
+        jwk_set = jwt.PyJWKSet.from_json(text)
+    except ValueError as exc:  # not JSON
         raise ValueError("JWKS is not valid JSON") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError('JWKS must be an object with a "keys" list')
+    except (jwt.PyJWTError, AttributeError, TypeError, KeyError) as exc:
+        # PyJWT's messages may quote the JWKs, which may hold private material: leave them out.
+        raise ValueError('JWKS must be an object with a "keys" list of usable keys') from exc
     keys: list[_Key] = []
-    for index, jwk in enumerate(document["keys"]):
-        if not isinstance(jwk, dict):
-            raise ValueError(f"JWKS key {index} is not an object")
-        alg = jwk.get("alg") or _default_alg(jwk)
-        if alg not in (RS256, ES256) or jwk.get("use", "sig") != "sig":
+    for index, jwk in enumerate(jwk_set.keys):
+        alg = jwk.algorithm_name  # from `alg`, else from kty/crv: RSA → RS256, P-256 → ES256
+        if alg not in (RS256, ES256) or jwk.public_key_use not in (None, "sig"):
             continue  # another algorithm, or an encryption key: not ours to use
-        kid = jwk.get("kid")
+        kid = jwk.key_id
         if kid is not None and not isinstance(kid, str):
             raise ValueError(f"JWKS key {index}: kid must be a string")
         name = f"JWKS key {index} ({kid or 'no kid'})"
         try:
-            loaded = jwt.PyJWK(jwk, alg).key
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            # PyJWT's messages quote the JWK, which may hold private material: leave them out.
-            raise ValueError(f"{name} is not a valid {alg} JWK") from exc
-        try:
-            key = _public_key(loaded)
+            key = _public_key(jwk.key)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from exc
         if key.alg != alg:
@@ -323,15 +320,6 @@ def _load_jwks(text: str) -> tuple[_Key, ...]:
     if not keys:
         raise ValueError("JWKS holds no RS256 or ES256 signing key")
     return tuple(keys)
-
-
-def _default_alg(jwk: dict[str, Any]) -> str | None:
-    """The algorithm of a JWK without `alg`: RSA → RS256, EC P-256 → ES256, else None."""
-    if jwk.get("kty") == "RSA":
-        return RS256
-    if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
-        return ES256
-    return None
 
 
 def _public_key(key: object) -> _Key:

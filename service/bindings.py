@@ -30,6 +30,7 @@ from service import routing
 from service.backbone.base import Backbone
 from service.errors import BackboneUnavailable
 from service.metrics import Metrics
+from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -121,9 +122,7 @@ class Bindings:
     async def close(self) -> None:
         """Stop the applier; waiting `need()` calls fail with BackboneUnavailable."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         self._fail_waiters("bindings closed")
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -22,15 +19,7 @@ from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ProtocolError
 from service.log import configure_logging
 
-if TYPE_CHECKING:
-    from service.metrics import Metrics
-
 log = structlog.get_logger("service.cli")
-#: Pending connections the kernel queues for the listener (aiohttp's default is 128): a
-#: reconnect storm of thousands of sockets otherwise overflows it and clients wait for SYN
-#: retransmits (1 s, 3 s...). Linux caps it at net.core.somaxconn.
-LISTEN_BACKLOG = 4096
-
 COMMANDS = ("serve", "token", "publish")
 EXIT_CONFIG = 2
 
@@ -177,6 +166,7 @@ def serve(config: Config) -> int:
     With GATEWAY_WORKERS > 1 this process becomes the supervisor of that many workers.
     """
     configure_logging(config.log_level, config.log_format)
+    warn_unknown_variables(os.environ)
     if config.workers > 1:
         if not config.amqp_url:
             raise ConfigError(
@@ -187,81 +177,17 @@ def serve(config: Config) -> int:
         from service.supervisor import Supervisor
 
         return Supervisor(config).run()
+    from service.server import serve_one
+
     return serve_one(config)
 
 
-def serve_one(config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None) -> int:
-    """Run one gateway process (the only one, or one worker) until SIGTERM/SIGINT."""
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    # Every log line of this process names its instance (contract §1).
-    structlog.contextvars.bind_contextvars(instance=config.instance_id)
-    return asyncio.run(_serve(config, reuse_port=reuse_port, metrics=metrics))
-
-
-async def _serve(
-    config: Config, *, reuse_port: bool = False, metrics: Metrics | None = None
-) -> int:
-    from aiohttp import web
-
-    from service.app import create_app
-    from service.transports.access_log import RedactingAccessLogger
-    from service.transports.context import GATEWAY
-
-    app = create_app(config, metrics=metrics)
-    runner = web.AppRunner(
-        app,
-        access_log_class=RedactingAccessLogger,
-        shutdown_timeout=config.drain_s + 5,
-        handle_signals=False,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(
-            runner,
-            config.host,
-            config.port,
-            reuse_port=reuse_port or None,
-            backlog=LISTEN_BACKLOG,
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One warning per GATEWAY_* variable that is no option, naming the closest known one."""
+    for name in config_module.unknown_variables(environ):
+        log.warning(
+            "unknown_variable",
+            variable=name,
+            closest=config_module.closest_option(name),
+            note="ignored: not a gateway option (see realtime-gateway --help)",
         )
-        await site.start()
-        log.info(
-            "listening",
-            host=config.host,
-            port=_bound_port(runner, config.port),
-            backbone="amqp" if config.amqp_url else "embedded",
-        )
-        node = app[GATEWAY].node
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            # A plain handler, not loop.add_signal_handler: Python runs it before any further
-            # bytecode, so a /readyz already read from its socket answers 503 too, where a
-            # loop callback could come after it. It only flips a flag and wakes the loop.
-            node.draining = True
-            loop.call_soon_threadsafe(stop.set)
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            await stop.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        # The listener stays open while draining: new upgrades get 503, /readyz says 503.
-        log.info("sigterm", drain_s=config.drain_s, connections=len(node.hub))
-        await node.drain(config.drain_s)
-    finally:
-        await runner.cleanup()
-    log.info("stopped")
-    return 0
-
-
-def _bound_port(runner: Any, configured: int) -> int:
-    """The port actually listened on (differs from the configured one for port 0)."""
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return configured

@@ -1,6 +1,7 @@
-"""Every JSON encode and decode of the gateway, with orjson.
+"""JSON on the gateway's hot paths, with orjson: client frames, server frames, backbone bodies.
 
-Server frames are built once per event and the same bytes go to every target socket.
+Server frames are built once per event and the same bytes go to every target socket. (Cold
+paths that read files, such as `config.py` reading a JWKS file, use the standard `json`.)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ default. Anything invalid raises `ConfigError(variable, problem)`.
 from __future__ import annotations
 
 import argparse
-import json
+import difflib
 import math
 import os
 import re
@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from yarl import URL
 
 from service.errors import ConfigError
 from service.model import Namespace
@@ -75,6 +77,7 @@ class Config:
     amqp_prefetch: int = 1000
     binding_grace_s: float = 5.0
     demo: bool = False
+    demo_with_broker: bool = False
 
     @property
     def jwt_configured(self) -> bool:
@@ -187,9 +190,15 @@ def _keys(raw: str) -> tuple[str, ...]:
 
 
 def _amqp_url(raw: str) -> str:
+    # Never echo the value in a problem: it may hold a password.
     value = raw.strip()
-    if urlsplit(value).scheme not in ("amqp", "amqps"):
-        raise ValueError("must be an amqp:// or amqps:// URL")  # never echo: may hold a password
+    try:
+        parsed = URL(value)
+        host, _ = parsed.host, parsed.port  # yarl checks the port when it is read
+    except ValueError:
+        raise ValueError("is not a valid URL (check the port and the characters)") from None
+    if parsed.scheme not in ("amqp", "amqps") or not host:
+        raise ValueError("must be an amqp:// or amqps:// URL with a host")
     return value
 
 
@@ -242,14 +251,13 @@ def _pem(raw: str) -> str:
 
 
 def _jwks_file(raw: str) -> str:
+    """The path of a readable file; its keys are parsed once, by the authenticator."""
     path = raw.strip()
     try:
         with open(path, encoding="utf-8") as f:
-            document = json.load(f)
+            f.read(1)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read JWKS file {path!r}: {_reason(e)}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError(f'JWKS file {path!r} has no "keys" list')
     return path
 
 
@@ -264,7 +272,8 @@ def _reason(e: Exception) -> str:
 class Option:
     """One setting: its variable, the Config field(s) it fills, how to parse it, its docs.
 
-    `default` is the text shown in help and docs; the value itself is the Config default.
+    The default value is the Config field's default, written once there; `default` is its
+    text for help and docs.
     """
 
     env: str
@@ -285,27 +294,42 @@ class Option:
         return self.parse is _bool
 
 
+def _default_text(value: object) -> str:
+    """A Config default as a variable would spell it (`20.0` → `20`, a set → a comma list)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, frozenset | tuple):
+        return ",".join(sorted(str(item) for item in value))
+    return str(value)
+
+
 def _opt(
     env: str,
     name: str | tuple[str, ...],
     parse: Parser,
-    default: str,
     help: str,
     metavar: str = "VALUE",
+    *,
+    shown_default: str | None = None,
 ) -> Option:
+    """An option whose default is the Config field's (several fields: joined with `/`)."""
     names = (name,) if isinstance(name, str) else name
-    return Option(ENV_PREFIX + env, names, parse, default, help, metavar)
+    if shown_default is None:
+        fields = Config.__dataclass_fields__
+        shown_default = "/".join(_default_text(fields[n].default) for n in names)
+    return Option(ENV_PREFIX + env, names, parse, shown_default, help, metavar)
 
 
 OPTIONS: tuple[Option, ...] = (
-    _opt("HOST", "host", _text, "0.0.0.0", "listen address", "HOST"),
-    _opt("PORT", "port", _int(0, 65535), "8080", "listen port (0 = any free port)", "PORT"),
-    _opt("WORKERS", "workers", _int(1), "1", "worker processes sharing the port", "N"),
+    _opt("HOST", "host", _text, "listen address", "HOST"),
+    _opt("PORT", "port", _int(0, 65535), "listen port (0 = any free port)", "PORT"),
+    _opt("WORKERS", "workers", _int(1), "worker processes sharing the port", "N"),
     _opt(
         "AMQP_URL",
         "amqp_url",
         _amqp_url,
-        "",
         "RabbitMQ URL; empty = embedded in-memory backbone (single instance)",
         "URL",
     ),
@@ -313,7 +337,6 @@ OPTIONS: tuple[Option, ...] = (
         "EXCHANGE",
         "exchange",
         _exchange,
-        "realtime.events",
         "topic exchange services publish to",
         "NAME",
     ),
@@ -321,7 +344,6 @@ OPTIONS: tuple[Option, ...] = (
         "UPSTREAM_EXCHANGE",
         "upstream_exchange",
         _exchange,
-        "realtime.upstream",
         "topic exchange client events are published to",
         "NAME",
     ),
@@ -329,15 +351,14 @@ OPTIONS: tuple[Option, ...] = (
         "INSTANCE_ID",
         "instance_id",
         _instance_id,
-        "hostname-pid",
         "names this instance's queue and log lines",
         "ID",
+        shown_default="hostname-pid",  # computed at start (default_instance_id)
     ),
     _opt(
         "BINDINGS",
         "bindings",
         _choice("auto", "dynamic", "wildcard"),
-        "auto",
         "how the instance queue is bound: auto, dynamic or wildcard",
         "MODE",
     ),
@@ -345,7 +366,6 @@ OPTIONS: tuple[Option, ...] = (
         "USER_BINDINGS_MAX",
         "user_bindings_max",
         _int(0),
-        "1000",
         "in auto mode, above this many local users bind notification.user.# once",
         "N",
     ),
@@ -353,7 +373,6 @@ OPTIONS: tuple[Option, ...] = (
         "JWT_SECRET",
         "jwt_secret",
         _secret,
-        "",
         "HS256 secret; prefer the variable (flags show up in ps)",
         "SECRET",
     ),
@@ -361,18 +380,16 @@ OPTIONS: tuple[Option, ...] = (
         "JWT_PUBLIC_KEY",
         "jwt_public_key",
         _pem,
-        "",
         "PEM public key (RS256/ES256), inline or the path of a PEM file",
         "PEM",
     ),
-    _opt("JWKS_FILE", "jwks_file", _jwks_file, "", "JWKS file for RS256/ES256", "PATH"),
-    _opt("JWT_AUDIENCE", "jwt_audience", _text, "", "required `aud` claim, when set", "AUD"),
-    _opt("JWT_ISSUER", "jwt_issuer", _text, "", "required `iss` claim, when set", "ISS"),
+    _opt("JWKS_FILE", "jwks_file", _jwks_file, "JWKS file for RS256/ES256", "PATH"),
+    _opt("JWT_AUDIENCE", "jwt_audience", _text, "required `aud` claim, when set", "AUD"),
+    _opt("JWT_ISSUER", "jwt_issuer", _text, "required `iss` claim, when set", "ISS"),
     _opt(
         "PUBLIC_NAMESPACES",
         "public_namespaces",
         _namespaces(required=False),
-        "",
         "comma list of namespaces that accept connections without a token (dashboard only)",
         "LIST",
     ),
@@ -380,7 +397,6 @@ OPTIONS: tuple[Option, ...] = (
         "NAMESPACES",
         "namespaces",
         _namespaces(required=True),
-        "dashboard,notifications",
         "comma list of namespaces served",
         "LIST",
     ),
@@ -388,7 +404,6 @@ OPTIONS: tuple[Option, ...] = (
         "ALLOWED_ORIGINS",
         "allowed_origins",
         _origins,
-        "",
         "comma list of browser origins allowed to connect; '*' only when set explicitly",
         "LIST",
     ),
@@ -396,7 +411,6 @@ OPTIONS: tuple[Option, ...] = (
         "API_KEYS",
         "api_keys",
         _keys,
-        "",
         "comma list of keys for POST /api/publish; empty = endpoint answers 404",
         "LIST",
     ),
@@ -404,7 +418,6 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_MESSAGE_BYTES",
         "max_message_bytes",
         _int(1024),
-        "65536",
         "max inbound frame size in bytes",
         "BYTES",
     ),
@@ -412,7 +425,6 @@ OPTIONS: tuple[Option, ...] = (
         "RATE_LIMIT",
         ("rate_limit_per_s", "rate_limit_burst"),
         _rate_limit,
-        "20/40",
         "inbound messages per second / burst, per connection",
         "RATE/BURST",
     ),
@@ -420,7 +432,6 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_CONNECTIONS",
         "max_connections",
         _int(0),
-        "0",
         "max connections per process (0 = no limit); beyond it upgrades get 503",
         "N",
     ),
@@ -428,7 +439,6 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_CONNECTIONS_PER_USER",
         "max_connections_per_user",
         _int(1),
-        "20",
         "max connections per user per process; beyond it upgrades get 429",
         "N",
     ),
@@ -436,7 +446,6 @@ OPTIONS: tuple[Option, ...] = (
         "SEND_QUEUE_BYTES",
         "send_queue_bytes",
         _int(1024),
-        "1048576",
         "per-connection outbound buffer in bytes; overflow closes with 4008",
         "BYTES",
     ),
@@ -444,7 +453,6 @@ OPTIONS: tuple[Option, ...] = (
         "HEARTBEAT_SECONDS",
         "heartbeat_s",
         _float(0, strict=True),
-        "25",
         "ping a peer silent this long; close it if no pong within half that",
         "SECONDS",
     ),
@@ -452,7 +460,6 @@ OPTIONS: tuple[Option, ...] = (
         "DRAIN_SECONDS",
         "drain_s",
         _float(0),
-        "10",
         "on SIGTERM, spread socket closes over this window",
         "SECONDS",
     ),
@@ -460,7 +467,6 @@ OPTIONS: tuple[Option, ...] = (
         "RECOVERY_WINDOW_SECONDS",
         "recovery_window_s",
         _float(0),
-        "600",
         "how far back a reconnecting notifications client can recover",
         "SECONDS",
     ),
@@ -468,7 +474,6 @@ OPTIONS: tuple[Option, ...] = (
         "RECOVERY_STREAM",
         "recovery_stream",
         _exchange,
-        "realtime.notifications",
         "RabbitMQ stream queue that keeps notifications for recovery (RabbitMQ backbone only)",
         "NAME",
     ),
@@ -476,18 +481,14 @@ OPTIONS: tuple[Option, ...] = (
         "LOG_LEVEL",
         "log_level",
         _choice("debug", "info", "warning", "error"),
-        "info",
         "debug, info, warning or error",
         "LEVEL",
     ),
-    _opt(
-        "LOG_FORMAT", "log_format", _choice("json", "console"), "json", "json or console", "FORMAT"
-    ),
+    _opt("LOG_FORMAT", "log_format", _choice("json", "console"), "json or console", "FORMAT"),
     _opt(
         "AMQP_PREFETCH",
         "amqp_prefetch",
         _int(1),
-        "1000",
         "unacknowledged AMQP deliveries in flight",
         "N",
     ),
@@ -495,7 +496,6 @@ OPTIONS: tuple[Option, ...] = (
         "BINDING_GRACE_SECONDS",
         "binding_grace_s",
         _float(0),
-        "5",
         "how long an unneeded binding lingers before it is removed",
         "SECONDS",
     ),
@@ -503,8 +503,15 @@ OPTIONS: tuple[Option, ...] = (
         "DEMO",
         "demo",
         _bool,
-        "false",
         "serve /demo/ (page, dev token endpoint) and a synthetic producer; local use only",
+        "BOOL",
+    ),
+    _opt(
+        "DEMO_WITH_BROKER",
+        "demo_with_broker",
+        _bool,
+        "allow demo mode together with GATEWAY_AMQP_URL (refused otherwise: a broker means a "
+        "real deployment, where /demo/token must not mint tokens)",
         "BOOL",
     ),
 )
@@ -584,6 +591,12 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "GATEWAY_PUBLIC_NAMESPACES", "notifications requires a token and cannot be public"
         )
+    if config.demo and config.amqp_url and not config.demo_with_broker:
+        raise ConfigError(
+            "GATEWAY_DEMO",
+            "demo mode mints tokens for any user and GATEWAY_AMQP_URL is set (a real "
+            "deployment?): turn demo mode off, or set GATEWAY_DEMO_WITH_BROKER=1 to run both",
+        )
     private = config.namespaces - config.public_namespaces
     if not config.jwt_configured and private:
         raise ConfigError(
@@ -600,6 +613,14 @@ def _names(namespaces: Iterable[Namespace]) -> str:
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """`GATEWAY_*` variables that are not options (likely typos), for the caller to warn about."""
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in OPTIONS_BY_ENV)
+
+
+def closest_option(name: str) -> str | None:
+    """The variable `name` most likely meant (`GATEWAY_JWT_SECRETT` → `GATEWAY_JWT_SECRET`)."""
+    # Compared without the prefix, which every name shares and which would make any match.
+    known = {env.removeprefix(ENV_PREFIX): env for env in OPTIONS_BY_ENV}
+    matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.6)
+    return known[matches[0]] if matches else None
 
 
 def reference_markdown() -> str:

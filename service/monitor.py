@@ -13,11 +13,11 @@ one worker and must still see the others' current values.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from service.metrics import Metrics
 from service.node import Node
+from service.tasks import cancel_and_wait
 
 LAG_INTERVAL_S = 0.5
 
@@ -55,9 +55,7 @@ class LoopMonitor:
     async def close(self) -> None:
         """Stop the probe."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         self._metrics.workers.set(0)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import time
 import uuid
@@ -35,6 +36,7 @@ from service.model import ClientMessage, Event, Namespace, Principal
 from service.recovery import Recovery, Resumed, parse_since
 from service.routing import KeyKind
 from service.session import FrameEncoder, Outbox, Session
+from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -133,9 +135,7 @@ class Node:
     async def close(self) -> None:
         """Stop background work and the backbone."""
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper)
         await self.recovery.close()
         await self.bindings.close()
         await self.backbone.close()
@@ -153,10 +153,20 @@ class Node:
         return self.backbone.reason or ""
 
     def begin_drain(self) -> None:
-        """Refuse new connections from now on; `/readyz` turns 503."""
-        if not self.draining:
-            log.info("drain_started", connections=len(self.hub))
+        """Refuse new connections from now on; `/readyz` turns 503.
+
+        Safe in a signal handler (SIGTERM): the flag flips there and then, and `drain_started`
+        is logged from the event loop, since a log write inside a handler could re-enter the
+        write it interrupted.
+        """
+        if self.draining:
+            return
         self.draining = True
+        started = functools.partial(log.info, "drain_started", connections=len(self.hub))
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(started)
+        except RuntimeError:  # no loop running: log now
+            started()
 
     async def drain(self, seconds: float, *, settle_s: float = 3.0) -> None:
         """Close every session with 1001, spread evenly over `seconds`, then wait for them."""
@@ -174,7 +184,8 @@ class Node:
                 await asyncio.sleep(delay)
             session.close(CloseCode.GOING_AWAY, "server draining")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), settle_s)
+            async with asyncio.timeout(settle_s):
+                await self._idle.wait()
         log.info("drain_finished", closed=count, left=len(self.hub))
 
     # -- connections ----------------------------------------------------------------------
@@ -183,6 +194,8 @@ class Node:
         """Raise Refused (503 / 429) when this connection may not be opened now."""
         if self.draining:
             raise Refused(503, "unavailable", "server is draining; reconnect elsewhere")
+        if not self.backbone.ready:
+            raise Refused(503, "unavailable", f"backbone unavailable: {self.backbone.reason}")
         limit = self.limits.max_connections
         if limit and len(self.hub) >= limit:
             raise Refused(503, "unavailable", "server is at its connection limit")

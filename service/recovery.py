@@ -35,7 +35,6 @@ notifications at most that much later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from service.errors import BackboneUnavailable, ErrorCode, ProtocolError
 from service.metrics import Metrics
 from service.model import Event, Namespace
 from service.session import Session
+from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -254,9 +254,7 @@ class Recovery:
             timer.cancel()
         self._awaiting.clear()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait(self._reader)
         while self._queue:
             request = self._queue.popleft()
             if not request.future.done():

@@ -4,12 +4,12 @@ Producers (the hub's fan-out, the node's answers) call `push()` synchronously; i
 awaits socket I/O. Frames leave the buffer in one of two ways, chosen by the transport:
 
 - **Writer task** (the default): one task per connection awaits `next_batch()` and writes.
-- **Sink** (`attach_sink`, the native WebSocket fast path): no task at all. The first push of
-  a loop iteration marks the session dirty in its `Outbox`, and one callback per iteration,
-  for every dirty session at once, hands the session's frames to its sink in a single call
-  (one system call per socket per iteration, however many events reached it). The sink
-  returns how many bytes are still waiting downstream (the transport's write buffer), and
-  those bytes count against the same budget.
+- **Sink** (`attach_sink`: native WebSockets, and Socket.IO once on a WebSocket): no task
+  at all. The first push of a loop iteration marks the session dirty in its `Outbox`, and
+  one callback per iteration, for every dirty session at once, hands the session's frames to
+  its sink in a single call (one system call per socket per iteration, however many events
+  reached it). The sink returns how many bytes are still waiting downstream (the transport's
+  write buffer), and those bytes count against the same budget.
 
 When the bytes waiting (queued here plus, with a sink, held in the transport) would exceed
 `send_queue_bytes`, the session is closed at once with 4008 (slow consumer) and its queued

@@ -1,6 +1,6 @@
 """`GATEWAY_WORKERS=N`: N worker processes serving one port, kept alive by a supervisor.
 
-Each worker is a full gateway (`cli.serve_one`) in its own process, started with the `spawn`
+Each worker is a full gateway (`server.serve_one`) in its own process, started with the `spawn`
 method (a fresh interpreter: no event loop, lock or socket inherited by fork). Every worker
 binds the same address with SO_REUSEPORT, so the kernel spreads incoming connections over
 them; none of them is special. Each has its own instance id (`<GATEWAY_INSTANCE_ID>-w<i>`,
@@ -252,16 +252,14 @@ class Supervisor:
 
 def run_worker(config: Config, metrics_dir: str) -> None:
     """Entry point of a worker process (spawned): one gateway on the shared port."""
-    from service import cli
     from service.log import configure_logging
     from service.metrics import Metrics
+    from service.server import serve_one
 
     configure_logging(config.log_level, config.log_format)
     _exit_with_parent()
     try:
-        status = cli.serve_one(
-            config, reuse_port=True, metrics=Metrics(multiprocess_dir=metrics_dir)
-        )
+        status = serve_one(config, reuse_port=True, metrics=Metrics(multiprocess_dir=metrics_dir))
     except ConfigError as exc:
         print(f"realtime-gateway worker: configuration error: {exc}", file=sys.stderr)
         status = EXIT_CONFIG

@@ -1,44 +1,9 @@
 """The RabbitMQ backbone (contract section 4); with `stream.py`, the only aio_pika user.
 
-Topology, declared on every (re)connect:
-
-- `realtime.events` (GATEWAY_EXCHANGE) and `realtime.upstream` (GATEWAY_UPSTREAM_EXCHANGE):
-  topic exchanges, durable.
-- `realtime.dlx`: fanout exchange, durable, with the durable queue `realtime.dead` bound to it.
-- `realtime.gateway.<instance id>`: this instance's queue; exclusive, auto-delete, with
-  `x-dead-letter-exchange: realtime.dlx`, bound to `realtime.events` with exactly the keys
-  `bind()` asked for.
-
-Connection life:
-
-- The first connection fails fast: `start()` raises ConfigError naming GATEWAY_AMQP_URL (the
-  CLI exits 2 with that one line), so a wrong URL, password or vhost is seen at once.
-- After that, losing the connection (or any of its channels, or the broker cancelling the
-  consumer) turns `ready` off at once; a supervisor task reconnects with capped, jittered
-  exponential backoff, re-declares the topology and the instance queue, re-applies every
-  binding, starts consuming and turns `ready` on again.
-- While not ready, `publish*` and `bind` raise BackboneUnavailable at once and buffer
-  nothing; `unbind` only forgets the key (the queue it would leave is gone with the
-  connection, and the next one is declared without it).
-
-Channels: one for declarations and publishes (publisher confirms on), one for consuming (the
-prefetch), one for bind/unbind calls, so a long run of bindings never holds up an ack.
-
-Consumer: each message is decoded once (codec), turned into an `Event`, handed to `on_event`
-synchronously (the hub queues it for every target socket) and then acked. A message it cannot
-use (routing key outside the contract, a content type other than JSON, a body that is not a
-JSON object with a string `event`) is rejected without requeue, so the broker dead-letters it
-to `realtime.dlx`; it is logged with its message id and counted, and the next one is handled.
-
-Recovery (contract §3, docs/recovery.md): unless the recovery window is 0, the backbone also
-attaches the notification stream (`stream.py`), which is its `history`. Live notifications are
-then delivered from the stream, which gives them their offsets; the instance queue keeps its
-notification bindings only so that unusable notification messages are still dead-lettered,
-and acks its usable notification deliveries without handing them on.
-
-Headers the gateway sets on what it publishes downstream, and reads back:
-`x-origin-connection` (the connection that caused a `notification_read` echo, which must not
-get it back) and `x-timestamp-ms` (the AMQP `timestamp` property has whole seconds only).
+Declares the topology, consumes the instance queue and publishes upstream; a supervisor task
+connects (also when the broker is down at start-up) and reconnects with jittered backoff, and
+`ready` is True only while a link is up. Topology, start-up and reconnects: docs/backbone.md;
+how notifications come from the stream instead when recovery is on: docs/recovery.md.
 """
 
 from __future__ import annotations
@@ -81,6 +46,7 @@ from service.errors import BackboneUnavailable, ConfigError, ErrorCode, Protocol
 from service.metrics import Metrics
 from service.model import Event
 from service.routing import KeyKind
+from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +91,23 @@ def describe(exc: BaseException | None) -> str:
     if isinstance(exc, aiormq.exceptions.AMQPConnectionError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def waiting_helps(exc: BaseException) -> bool:
+    """Whether a failed connect may succeed later (the broker is not there yet), as opposed
+    to what only an operator can fix: credentials, the vhost, the URL, a topology that
+    conflicts with the broker's (PRECONDITION_FAILED, RESOURCE_LOCKED, ACCESS_REFUSED)."""
+    if isinstance(
+        exc,
+        aiormq.exceptions.AuthenticationError
+        | aiormq.exceptions.ProbableAuthenticationError
+        | aiormq.exceptions.IncompatibleProtocolError
+        | aiormq.exceptions.ConnectionNotAllowed  # 530: the vhost
+        | aiormq.exceptions.AMQPChannelError,  # a declaration the broker refused
+    ):
+        return False
+    # aiormq reports a vhost the broker refuses as an unexpected Connection.Close
+    return not ("Connection.OpenOk" in str(exc) and "Connection.Close" in str(exc))
 
 
 class _Unusable(Exception):
@@ -210,6 +193,7 @@ class AmqpBackbone:
         self._blocked: str | None = None  # the broker's reason while it blocks publishing
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._connected_once = False  # a first link was up (later ones are reconnects)
         #: The notification stream (recovery); None when the window is 0.
         self.history: NotificationStream | None = None
         if recovery_window_s > 0:
@@ -286,17 +270,31 @@ class AmqpBackbone:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self, on_event: OnEvent) -> None:
-        """Connect, declare, consume; ConfigError(GATEWAY_AMQP_URL) when the first try fails."""
+        """Connect, declare, consume; then supervise the link.
+
+        A broker that is not there yet (refused, timed out, name not resolving) is no error:
+        the backbone stays unready and the supervisor retries with backoff until it is.
+        What waiting cannot fix (`waiting_helps`) raises ConfigError(GATEWAY_AMQP_URL).
+        """
         self._on_event = on_event
         self._closing = False
         try:
             await self._establish()
         except LINK_ERRORS as exc:
-            self._set_ready(False, f"cannot connect to the broker: {describe(exc)}")
-            raise ConfigError(
-                "GATEWAY_AMQP_URL", f"cannot connect to RabbitMQ at {self.url}: {describe(exc)}"
-            ) from None
-        log.info("backbone_connected", url=self.url, queue=self.queue_name, exchange=self.exchange)
+            if not waiting_helps(exc):
+                self._set_ready(False, f"cannot connect to the broker: {describe(exc)}")
+                raise ConfigError(
+                    "GATEWAY_AMQP_URL",
+                    f"cannot connect to RabbitMQ at {self.url}: {describe(exc)}",
+                ) from None
+            self._set_ready(False, f"connecting to the broker (attempt 1): {describe(exc)}")
+            log.warning("backbone_connect_failed", url=self.url, attempt=1, error=describe(exc))
+            self._lost.set()  # the supervisor keeps trying from here
+        else:
+            self._connected_once = True
+            log.info(
+                "backbone_connected", url=self.url, queue=self.queue_name, exchange=self.exchange
+            )
         self._supervisor = asyncio.get_running_loop().create_task(
             self._supervise(), name="amqp-supervisor"
         )
@@ -305,11 +303,8 @@ class AmqpBackbone:
         """Stop consuming, delete the instance queue and close the connection."""
         self._closing = True
         self._set_ready(False, "backbone closed")
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        await cancel_and_wait(self._supervisor)
+        self._supervisor = None
         link, self._link = self._link, None
         self._on_event = None
         self._keys.clear()
@@ -669,16 +664,28 @@ class AmqpBackbone:
             await self._reconnect()
 
     async def _reconnect(self) -> None:
-        attempt = 0
+        # Before the first link is up, attempt 1 was start()'s own.
+        attempt = 0 if self._connected_once else 1
+        verb, failed = (
+            ("reconnecting", "backbone_reconnect_failed")
+            if self._connected_once
+            else ("connecting", "backbone_connect_failed")
+        )
         while True:
             await asyncio.sleep(self._backoff(attempt))
             attempt += 1
             try:
                 await self._establish()
             except Exception as exc:  # any failure: keep trying, the process must not die
-                self._reason = f"reconnecting to the broker (attempt {attempt}): {describe(exc)}"
-                log.warning("backbone_reconnect_failed", attempt=attempt, error=describe(exc))
+                self._reason = f"{verb} to the broker (attempt {attempt}): {describe(exc)}"
+                log.warning(failed, url=self.url, attempt=attempt, error=describe(exc))
                 continue
+            if not self._connected_once:
+                self._connected_once = True
+                log.info(
+                    "backbone_connected", url=self.url, queue=self.queue_name, attempts=attempt
+                )
+                return
             self.metrics.backbone_reconnects.inc()
             log.info("backbone_reconnected", attempts=attempt, bindings=len(self._keys))
             return

@@ -25,6 +25,7 @@ from pamqp.commands import Basic
 
 from service.backbone.errors import LINK_ERRORS
 from service.backbone.tap import Delivery
+from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -71,10 +72,7 @@ class DeadLetterPublisher:
     async def stop(self) -> None:
         """Stop publishing; what is still queued waits for the next `start()`."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self, channel: aiormq.abc.AbstractChannel) -> None:
         with contextlib.suppress(*LINK_ERRORS):

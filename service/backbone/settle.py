@@ -16,6 +16,7 @@ import contextlib
 import aiormq.abc
 
 from service.backbone.errors import LINK_ERRORS
+from service.tasks import cancel_and_wait
 
 
 class Settler:
@@ -36,10 +37,7 @@ class Settler:
     async def stop(self) -> None:
         """Stop sending; what is still pending is dropped with the link."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def ack(self, tag: int) -> None:
         """Settle `tag` and every earlier delivery not yet settled as done."""

@@ -1,41 +1,12 @@
 """The notification stream: offsets every replica agrees on, and the history recovery reads.
 
-Used by the RabbitMQ backbone (`service/backbone/amqp.py`) when the recovery window is not 0.
-
-- A durable stream queue (`x-queue-type: stream`, default name `realtime.notifications`) is
-  bound to the events exchange with `notification.#`, so it holds every notification services
-  publish, in one order, with one offset each. Retention: `x-max-age` = the recovery window
-  (RabbitMQ drops whole segments once all their messages are older, so at least the window is
-  held), small segments (`x-stream-max-segment-size-bytes`) so that it holds little more, and
-  a size bound (`x-max-length-bytes`) against floods; a replay the size bound cut short answers
-  `recovered: false`, which is the truth.
-- Offsets: the one a client sees is the stream's `x-stream-offset` + 1, so that 0 means
-  "before everything" (as with the embedded backbone, whose first offset is 1). They are not
-  consecutive: RabbitMQ spends an offset on a bookkeeping chunk at the start of every segment,
-  which AMQP consumers never see. So a gap proves nothing; what proves that nothing after
-  `since` was lost is that the entry `since` itself is still in the stream.
-- Live delivery: every gateway instance consumes the stream itself (prefetch, manual acks,
-  `x-stream-offset`), so every live notification frame carries its offset, the same on every
-  replica. The first attach starts at `last` (the last chunk: the instance learns the tail at
-  once, so a client resuming right after a restart is served without waiting for traffic);
-  after a reconnect it starts at the last entry it delivered, so a broker blip loses no
-  notification (when that entry is gone, retention ran meanwhile, and the tail kept in memory is
-  dropped). Entries at or below it (RabbitMQ starts a consumer at the beginning of a chunk) are
-  skipped.
-- Replay: from memory when it can be. The instance keeps the recent tail of the stream that
-  its live consumer saw (`RecentLog`, bounded by the window and `recent_entries`), so a client
-  that was away for a short while is served without touching the broker. Older entries (from
-  before this instance started, typically: the reconnect storm after a restart) are read by a
-  short-lived consumer on a channel of its own, from the entry `since` (the floor of the read is
-  `since` when that entry comes back, else the entry before the first one that does), cancelled
-  as soon as it reached what memory holds; what it read is added to the front of the tail (when
-  it fits), so the next replay of that range is served from memory too. Its memory is bounded by
-  the prefetch and `recent_entries`. The recovery coalesces replays, so a reconnect storm opens
-  one or two of these per instance, never one per client.
-
-Consuming a stream over AMQP 0-9-1 costs about 11,000 messages per second per consumer with
-aiormq on one core (docs/performance.md): it bounds both the notification rate one instance
-can follow and the speed of a replay.
+Used by the RabbitMQ backbone (`amqp.py`) when the recovery window is not 0: every instance
+consumes one durable stream queue bound with `notification.#`, so each live notification
+carries the stream's offset (+ 1, so that 0 means "before everything"), and a replay reads the
+recent tail from memory (`RecentLog`) or, for older ranges, with a short-lived reader. Offsets
+are not consecutive (RabbitMQ spends some on bookkeeping chunks): only the entry `since` still
+being in the stream proves nothing after it was lost. Design, retention and costs:
+docs/recovery.md ("RabbitMQ backbone: the notification stream").
 """
 
 from __future__ import annotations
@@ -58,6 +29,7 @@ from service.backbone.settle import Settler
 from service.backbone.tap import Delivery, DeliveryTap, fallback
 from service.errors import BackboneUnavailable
 from service.model import Event
+from service.tasks import suppress_foreign_cancel
 
 log = structlog.get_logger(__name__)
 
@@ -219,7 +191,8 @@ class NotificationStream:
             queue = await channel.declare_queue(self.name, passive=True)
         await queue.bind(self.exchange, NOTIFICATIONS_PATTERN)
         with contextlib.suppress(*LINK_ERRORS):
-            await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await channel.close()
         return queue
 
     # -- NotificationLog ------------------------------------------------------------------
@@ -247,7 +220,8 @@ class NotificationStream:
         entry = (offset, future)
         self._waiters.append(entry)
         try:
-            await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await future
         except TimeoutError:
             return False
         finally:
@@ -352,8 +326,11 @@ class NotificationStream:
             raise BackboneUnavailable(f"stream reader failed: {exc!r}") from None
         finally:
             tap.untap(raw.number)
-            with contextlib.suppress(*LINK_ERRORS, asyncio.CancelledError):
-                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+            # aiormq may fail the close with a CancelledError of its own (the connection
+            # went meanwhile): absorbed, while this task's own cancellation propagates.
+            with contextlib.suppress(*LINK_ERRORS), suppress_foreign_cancel():
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await channel.close()
         assert first is not None
         # The first entry the stream still had: at or below `since`, nothing was lost;
         # above it, everything from it on was read.

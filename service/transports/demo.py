@@ -5,7 +5,8 @@
   JavaScript client). Only files that exist there at start-up are served: no path from the
   request ever reaches the file system.
 - `GET /demo/token?sub=42&ttl=900` mints an HS256 token with the configured secret for any
-  user: it exists for local demos only, which is why demo mode is off unless asked for.
+  user: it exists for local demos only, which is why demo mode is off unless asked for, and
+  it answers only loopback peers that no proxy forwarded (403 otherwise).
 - `GET /demo/info` tells the page the demo user and the topics the producer publishes.
 
 The page is same-origin with the WebSocket endpoints, so `GATEWAY_ALLOWED_ORIGINS` must
@@ -15,7 +16,7 @@ list the origin it is opened from (`scripts/run` does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ipaddress
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.routing import id_problem
+from service.tasks import cancel_and_wait
 from service.transports.context import GATEWAY, error_response
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 NO_STORE = {"Cache-Control": "no-store"}
+#: A request with one of these came through a proxy: its peer address says nothing.
+FORWARDED_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 def static_files(directory: Path = STATIC_DIR) -> dict[str, Path]:
@@ -76,9 +80,24 @@ def _file_handler(files: dict[str, Path]) -> Handler:
     return serve
 
 
+def is_local(request: web.Request) -> bool:
+    """Whether the peer is this machine (loopback) and no proxy forwarded the request."""
+    if any(name in request.headers for name in FORWARDED_HEADERS):
+        return False
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:  # no address (a Unix socket) or an unparsable one
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return peer.is_loopback
+
+
 async def token(request: web.Request) -> web.Response:
-    """200 `{"token", "sub", "exp", "expires_in"}`; 400 for a bad sub or ttl; 404 without a
-    JWT secret (a gateway configured with public keys only cannot mint)."""
+    """200 `{"token", "sub", "exp", "expires_in"}`; 403 for a peer that is not loopback; 400
+    for a bad sub or ttl; 404 without a JWT secret (public keys only cannot mint)."""
+    if not is_local(request):
+        return error_response(403, "forbidden", "demo tokens are minted for loopback clients only")
     gateway = request.app[GATEWAY]
     if not gateway.config.jwt_secret:
         return error_response(404, "not_found", "minting demo tokens needs GATEWAY_JWT_SECRET")
@@ -128,9 +147,7 @@ def setup(app: web.Application, producer: DemoProducer) -> None:
     async def run_producer(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(producer.run(), name="demo-producer")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     app.cleanup_ctx.append(run_producer)
     log.warning(

@@ -1,63 +1,18 @@
 """Socket.IO v4 on `/socket.io/`: clients of the original socket.io gateway connect unchanged.
 
-python-socketio's `AsyncServer` (Engine.IO 4: long-polling, then the WebSocket upgrade) speaks
-the protocol on the same aiohttp app and port. Everything else is the native gateway's: each
-Socket.IO namespace connection is a `Session` in the same hub, fed by the same fan-out.
-
-- CONNECT: the token comes from the CONNECT packet's `auth: {"token": ...}`, else the
-  `Authorization` header, else the `access_token` query; then the same principal and admission
-  as native sockets (`node.join`, with its per-user cap, process limit and draining). A refusal
-  is a `connect_error` whose `data` is `{"code": ..., "status": ...}` with the contract's code
-  and the HTTP status a native socket would get. A browser `Origin` that is not allowed gets
-  403 over HTTP before Engine.IO sees the request, as on `/ws/`.
-- Recovery: a CONNECT to /notifications may carry `since` (in `auth`, else the query), as a
-  native socket's `since` query: the session is held, replayed, then goes live; a bad value
-  is refused like a bad query (400 bad_request). The `resume` event works as well.
-- Events go to `node.handle` through the same rate limiter. An ack callback gets the result,
-  or `{"error": {"code", "message"}}`; without an ack, an error comes as an `error` event.
-  Acks travel through the session's buffer like every other frame, so they keep their order
-  (the frames `dashboard_refresh` sends come before its ack).
-- Delivery: the hub pushes the native frame; the session's `PacketEncoder` turns it into one
-  Socket.IO EVENT packet and one Engine.IO packet, which caches its own wire text. The packet
-  carries what the original gateway's handlers emitted: `2/<ns>,["<event>",<data>,<meta>]`,
-  the publisher's `data` first (so one-parameter handlers read its fields directly), then the
-  metadata (`id`, `ts`, and `offset` or `topic`; see `codec.socketio_event_packet`). The
-  fan-out hands the same frame to every target, so this happens once per event per
-  namespace, not once per socket.
-- Backpressure: Engine.IO keeps an unbounded `asyncio.Queue` per client, which its transports
-  empty only as fast as the client reads (a polling client that stops asking, or a WebSocket
-  whose `send` waits for the peer to drain its TCP window). While a connection polls, the
-  session's writer task hands Engine.IO the next batch only once it took the previous one
-  (`queue.join()`), so the backlog stays in the session's byte-bounded buffer, where overflow
-  closes with 4008 as for native sockets. At most one batch waits in Engine.IO's queue and
-  one in its writer.
-- Fast path: once the connection runs on a WebSocket (from the start, or after the upgrade),
-  the writer task queues a marker behind Engine.IO's packets and ends; when Engine.IO's
-  writer reaches the marker, the session gets a sink (the native `WireSink`, with `ws_wire`)
-  that writes its frames straight to the TCP transport, as native sockets do: each event
-  framed once for every socket, one write per socket per loop iteration, and the transport's
-  buffered bytes counted against the budget. Engine.IO keeps sending its own packets
-  (pings, CONNECT and DISCONNECT answers), whole frames at a time.
-- Closes: Socket.IO has no close codes. 1000, 4001 and 4029 disconnect the namespace (the
-  client sees `io server disconnect` and does not reconnect by itself, as it should not with
-  an expired token or after flooding). 4008, 1001 and 1011 close the whole Engine.IO
-  connection (`transport close`: the client reconnects, through the ingress, elsewhere when
-  draining). The TCP connections of requests still in flight are aborted after
-  `ABORT_AFTER_S`, so a client that stopped reading cannot pin a handler forever.
-
-Across replicas and worker processes, long-polling needs every request of one Engine.IO
-session to reach the same process: the ingress keeps clients on one pod with cookie affinity
-(docs/migration.md); WebSocket-only clients need nothing.
-
-Private corners of python-socketio and python-engineio are used (hooks on the server, the
-Engine.IO WebSocket class and socket queue): all of them live in `socketio_internals`, each
-checked by a test that names it when an upgrade changes it.
+python-socketio's `AsyncServer` speaks the protocol on the same app and port; each namespace
+connection is a `Session` in the same hub, with the native admission, rate limit, recovery and
+fan-out. Events carry the publisher's `data` first and the metadata second, as the original
+gateway's handlers emitted them, each packet built once per event and namespace. The backlog
+stays in the session's bounded buffer, and once on a WebSocket the session writes straight to
+the transport as native sockets do. Every private corner of python-socketio/python-engineio it
+uses lives in `socketio_internals`, each checked by a test. What clients see:
+docs/migration.md; contract section 5.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -76,6 +31,7 @@ from service.errors import BackboneUnavailable, CloseCode, ErrorCode, ProtocolEr
 from service.model import ClientMessage, Namespace
 from service.ratelimit import RateLimiter, Verdict
 from service.session import Session
+from service.tasks import cancel_and_wait
 from service.transports import socketio_internals as internals
 from service.transports.context import GATEWAY, Gateway, error_response
 from service.transports.socketio_internals import SwitchPacket as _SwitchPacket
@@ -474,9 +430,7 @@ class SocketIOTransport:
             finally:
                 # A pump waiting on a client that stopped reading is cancelled here: the
                 # session dropped its frames, and the client is closed on its own.
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
+                await cancel_and_wait(pump)
             if not conn.finished:
                 await self._close(conn)
             self._finish(conn, "writer ended")

@@ -1,8 +1,9 @@
 """The native WebSocket transport: `GET /ws/{namespace}`.
 
 Every refusal happens as HTTP before the upgrade (404, 401, 403, 429, 503). After the upgrade,
-one reader loop (this handler) decodes client frames and one writer task drains the session's
-outbound buffer; the hub never awaits a socket.
+the handler is the connection's only task: it reads and decodes client frames, while outbound
+frames go from the session to the socket's transport through `WireSink`, flushed by the node's
+Outbox once per loop iteration; the hub never awaits a socket.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from service.node import Node
 from service.ratelimit import RateLimiter, Verdict
 from service.recovery import parse_since
 from service.session import Session
+from service.tasks import wait_ended
 from service.transports.context import GATEWAY, Gateway, error_response
 from service.transports.wire import FrameCounter
 
@@ -155,12 +157,13 @@ async def _serve(
                 break
     finally:
         session.close(CloseCode.NORMAL, "client closed")
-        for task in closing:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        code = int(session.close_code or CloseCode.NORMAL)
-        node.leave(session, code)
-        log.info("disconnected", code=code, reason=session.close_reason)
+        try:
+            for task in closing:
+                await wait_ended(task)
+        finally:  # a cancelled handler (peer gone) still leaves the node
+            code = int(session.close_code or CloseCode.NORMAL)
+            node.leave(session, code)
+            log.info("disconnected", code=code, reason=session.close_reason)
 
 
 async def _on_text(node: Node, session: Session, limiter: RateLimiter, text: str) -> None:
@@ -250,8 +253,9 @@ async def _close(request: web.Request, ws: web.WebSocketResponse, session: Sessi
     if not ws.closed:
         code = int(session.close_code or CloseCode.NORMAL)
         reason = session.close_reason.encode()[:120]
-        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-            await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT_S + 1)
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S + 1):
+                await ws.close(code=code, message=reason)
     transport = request.transport
     if transport is not None and not transport.is_closing():
         # Bytes a non-reading client never took must not pin the socket forever.

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import configparser
 import fnmatch
+import json
 import random
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from service.auth import Authenticator
 from service.backbone.memory import MemoryBackbone
@@ -167,3 +170,35 @@ async def test_producer_ticks_updates_and_periodic_notifications() -> None:
 
 def mint_nothing(token: str) -> Principal:
     raise AssertionError("the producer never verifies tokens")
+
+
+@pytest.mark.parametrize("peer", ["203.0.113.9", "192.168.1.20", "::ffff:10.0.0.1", "2001:db8::1"])
+async def test_token_endpoint_answers_loopback_peers_only(demo: Gateway, peer: str) -> None:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" else default
+    )
+    request = make_mocked_request("GET", "/demo/token?sub=7", app=demo.app, transport=transport)
+    resp = await demo_http.token(request)
+    assert resp.status == 403
+    assert resp.body is not None
+    assert json.loads(bytes(resp.body))["error"]["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "::1", "::ffff:127.0.0.1"])
+async def test_token_endpoint_answers_every_loopback_address(demo: Gateway, peer: str) -> None:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" else default
+    )
+    request = make_mocked_request("GET", "/demo/token?sub=7", app=demo.app, transport=transport)
+    assert (await demo_http.token(request)).status == 200
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+async def test_token_endpoint_refuses_what_a_local_proxy_forwarded(
+    demo: Gateway, header: str
+) -> None:
+    resp = await demo.client.get("/demo/token", headers={header: "203.0.113.9"})
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "forbidden"

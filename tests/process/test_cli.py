@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 
@@ -85,3 +86,18 @@ async def test_publish_through_a_running_embedded_gateway() -> None:
         assert frame["data"] == {"title": "from the cli"}
         assert frame["id"] == result.stdout.strip()
         await ws.close()
+
+
+async def test_serve_warns_about_each_unknown_variable_naming_the_closest_option() -> None:
+    env = {"GATEWAY_JWT_SECRETT": "x" * 40, "GATEWAY_MAX_CONECTIONS": "5", "GATEWAY_ZZZ": "1"}
+    async with GatewayProcess(env=env) as gateway:
+        gateway.terminate()
+        assert await gateway.wait(timeout=15) == 0
+        records = [json.loads(line) for line in (await gateway.stderr()).splitlines() if line]
+    warnings = {r["variable"]: r for r in records if r.get("event") == "unknown_variable"}
+    assert set(warnings) == set(env)
+    assert warnings["GATEWAY_JWT_SECRETT"]["closest"] == "GATEWAY_JWT_SECRET"
+    assert warnings["GATEWAY_MAX_CONECTIONS"]["closest"] == "GATEWAY_MAX_CONNECTIONS"
+    assert warnings["GATEWAY_ZZZ"]["closest"] is None
+    assert all(r["level"] == "warning" for r in warnings.values())
+    assert "x" * 40 not in json.dumps(list(warnings.values()))  # the value is never logged

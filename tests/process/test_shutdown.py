@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -82,3 +83,14 @@ async def test_invalid_configuration_exits_2_with_one_line() -> None:
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1
     assert "GATEWAY_PORT" in lines[0]
+
+
+async def test_sigterm_goes_through_begin_drain_and_logs_drain_started() -> None:
+    async with GatewayProcess(env={"GATEWAY_DRAIN_SECONDS": "0"}) as gateway:
+        gateway.terminate()
+        assert await gateway.wait(timeout=10) == 0
+        records = [json.loads(line) for line in (await gateway.stderr()).splitlines() if line]
+    events = [r.get("event") for r in records]
+    assert "drain_started" in events
+    assert events.index("sigterm") < events.index("drain_finished")
+    assert events.index("drain_started") < events.index("drain_finished")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service import config
+from service.app import build_authenticator
 from service.config import OPTIONS, Config, add_arguments, from_namespace, load, validate
 from service.errors import ConfigError
 from service.model import Namespace
@@ -243,9 +244,20 @@ def test_invalid_flag_names_its_variable() -> None:
     assert str(info.value) == "GATEWAY_PORT: must be an integer from 0 to 65535, got 'abc'"
 
 
-def test_amqp_url_problem_does_not_echo_the_url() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pw@host",
+        "amqp://user:pw@host:99999/",
+        "amqp://user:pw@host:port/",
+        "amqp:///vhost-without-host",
+        "not a url at all pw",
+    ],
+)
+def test_a_malformed_amqp_url_stops_the_start_without_echoing_it(url: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load({**SECRET, "GATEWAY_AMQP_URL": "http://user:pw@host"})
+        load({**SECRET, "GATEWAY_AMQP_URL": url})
+    assert info.value.variable == "GATEWAY_AMQP_URL"
     assert "pw" not in str(info.value)
 
 
@@ -318,12 +330,13 @@ def test_jwks_file_missing_is_refused(tmp_path: Path) -> None:
         load({"GATEWAY_JWKS_FILE": str(tmp_path / "missing.json")})
 
 
-@pytest.mark.parametrize("content", ["{not json", "[]", '{"keys": {}}'])
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"keys": {}}', '{"keys": []}'])
 def test_jwks_file_without_keys_list_is_refused(tmp_path: Path, content: str) -> None:
+    # The file is parsed once, by the authenticator the app (and the supervisor) builds first.
     jwks = tmp_path / "jwks.json"
     jwks.write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        load({"GATEWAY_JWKS_FILE": str(jwks)})
+        build_authenticator(load({"GATEWAY_JWKS_FILE": str(jwks)}))
     assert info.value.variable == "GATEWAY_JWKS_FILE"
 
 
@@ -345,6 +358,19 @@ def test_unknown_variables_are_reported() -> None:
     assert config.unknown_variables(env) == ["GATEWAY_PROT"]
 
 
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("GATEWAY_PROT", "GATEWAY_PORT"),
+        ("GATEWAY_JWT_SECRETT", "GATEWAY_JWT_SECRET"),
+        ("GATEWAY_API_KEY", "GATEWAY_API_KEYS"),
+        ("GATEWAY_SOMETHING_ELSE_ENTIRELY", None),
+    ],
+)
+def test_the_closest_option_is_named(name: str, closest: str | None) -> None:
+    assert config.closest_option(name) == closest
+
+
 def test_reference_markdown_lists_every_option() -> None:
     lines = config.reference_markdown().splitlines()
     assert lines[0] == "| variable | flag | default | meaning |"
@@ -353,3 +379,14 @@ def test_reference_markdown_lists_every_option() -> None:
         "| `GATEWAY_MAX_MESSAGE_BYTES` | `--max-message-bytes` | `65536` | "
         "max inbound frame size in bytes |" in lines
     )
+
+
+def test_demo_mode_next_to_a_broker_needs_an_explicit_setting() -> None:
+    env = {**SECRET, "GATEWAY_DEMO": "1", "GATEWAY_AMQP_URL": "amqp://u:pw@h/"}
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    assert info.value.variable == "GATEWAY_DEMO"
+    assert "GATEWAY_DEMO_WITH_BROKER" in info.value.problem
+    config = load({**env, "GATEWAY_DEMO_WITH_BROKER": "1"})
+    assert (config.demo, config.demo_with_broker) == (True, True)
+    assert load({**SECRET, "GATEWAY_DEMO": "1"}).demo  # the embedded backbone needs nothing

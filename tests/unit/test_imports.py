@@ -1,0 +1,26 @@
+"""Module layering: the command line and the supervisor do not import each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SERVICE = Path(__file__).resolve().parents[2] / "service"
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_the_supervisor_does_not_import_the_command_line() -> None:
+    # cli.py starts the supervisor (one direction); workers start server.serve_one directly.
+    imported = imported_modules(SERVICE / "supervisor.py")
+    assert "service.cli" not in imported
+    assert "service.server.serve_one" in imported
