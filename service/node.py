@@ -40,7 +40,6 @@ from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_NOTIFICATION_EVENT = "notification_new"
 PUBLISH_SCOPE = "dashboard:publish"
 MAX_TOPICS_PER_CALL = 100
 MAX_NOTIFICATION_ID = 200
@@ -58,11 +57,6 @@ class Limits:
     max_connections_per_user: int = 20
     send_queue_bytes: int = 1 << 20
     bind_timeout_s: float = 10.0
-
-
-def default_event(kind: KeyKind) -> str:
-    """The event name of a downstream message that omitted `event`."""
-    return "dashboard_update" if kind is KeyKind.TOPIC else DEFAULT_NOTIFICATION_EVENT
 
 
 def now_ms() -> int:
@@ -304,16 +298,10 @@ class Node:
         Raises ProtocolError(bad_request) for a routing key outside the contract and
         BackboneUnavailable when the backbone cannot take it.
         """
-        route = routing.parse(routing_key)
-        if route is None:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                "routing_key must be dashboard.<topic>, notification.user.<user_id> or "
-                "notification.broadcast (ids without '*', '#', spaces or empty words)",
-            )
-        name = event or default_event(route.kind)
-        if not name or len(name) > codec.MAX_EVENT_NAME:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "'event' must be a non-empty string")
+        try:
+            _, name = routing.downstream(routing_key, event)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
         ident = message_id or uuid.uuid4().hex
         try:
             await self.backbone.publish(

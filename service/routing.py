@@ -19,6 +19,8 @@ import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
+from service.codec import MAX_EVENT_NAME
+
 MAX_ID_BYTES = 200
 DASHBOARD_PREFIX = "dashboard."
 USER_PREFIX = "notification.user."
@@ -26,6 +28,12 @@ BROADCAST_KEY = "notification.broadcast"
 DASHBOARD_ALL = "dashboard.#"
 USERS_ALL = "notification.user.#"
 NOTIFICATIONS_ALL = "notification.#"
+DEFAULT_DASHBOARD_EVENT = "dashboard_update"
+DEFAULT_NOTIFICATION_EVENT = "notification_new"
+BAD_KEY = (
+    "routing_key must be dashboard.<topic>, notification.user.<user_id> or "
+    "notification.broadcast (ids without '*', '#', spaces or empty words)"
+)
 
 
 class KeyKind(StrEnum):
@@ -110,3 +118,22 @@ def _match(pattern: list[str], words: list[str]) -> bool:
     if not words:
         return False
     return (head in ("*", words[0])) and _match(rest, words[1:])
+
+
+def default_event(kind: KeyKind) -> str:
+    """The event name of a downstream message that omitted `event`."""
+    return DEFAULT_DASHBOARD_EVENT if kind is KeyKind.TOPIC else DEFAULT_NOTIFICATION_EVENT
+
+
+def downstream(routing_key: str, event: str | None) -> tuple[Route, str]:
+    """Check what an operator or a client publishes downstream: its route and event name.
+
+    Raises ValueError with the reason a `bad_request` answer gives.
+    """
+    route = parse(routing_key)
+    if route is None:
+        raise ValueError(BAD_KEY)
+    name = event or default_event(route.kind)
+    if len(name) > MAX_EVENT_NAME:
+        raise ValueError(f"'event' must be a string of 1 to {MAX_EVENT_NAME} characters")
+    return route, name

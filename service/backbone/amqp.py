@@ -45,7 +45,6 @@ from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ErrorCode, ProtocolError
 from service.metrics import Metrics
 from service.model import Event
-from service.routing import KeyKind
 from service.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -57,11 +56,6 @@ DEAD_LETTER_EXCHANGE = "realtime.dlx"
 DEAD_LETTER_QUEUE = "realtime.dead"
 QUEUE_PREFIX = "realtime.gateway."
 NOTIFICATION_PREFIX = "notification."
-
-
-def default_event(kind: KeyKind) -> str:
-    """The event of a message that omitted it (the same rule as `node.default_event`)."""
-    return "dashboard_update" if kind is KeyKind.TOPIC else "notification_new"
 
 
 def redact_url(url: str) -> str:
@@ -374,17 +368,7 @@ class AmqpBackbone:
     async def publish(self, event: Event) -> None:
         """Publish downstream to the events exchange, as a service would; waits for the confirm."""
         link = self._require()
-        headers: dict[str, Any] = {TS_HEADER: event.ts}
-        if event.origin is not None:
-            headers[ORIGIN_HEADER] = event.origin
-        message = aio_pika.Message(
-            codec.encode_backbone_body(event.event, event.data),
-            content_type=JSON,
-            message_id=event.id,
-            timestamp=datetime.fromtimestamp(event.ts / 1000, UTC),
-            headers=headers,
-            delivery_mode=DeliveryMode.NOT_PERSISTENT,  # instance queues are not durable
-        )
+        message = downstream_message(event)
         await self._publish_confirmed(link.events, message, event.routing_key)
 
     async def publish_upstream(self, routing_key: str, body: bytes) -> None:
@@ -468,7 +452,9 @@ class AmqpBackbone:
         if content_type and content_type != JSON:
             raise _Unusable("content_type", f"content type {content_type!r} is not {JSON}")
         try:
-            name, data = codec.decode_backbone_body(delivery.body, default_event(route.kind))
+            name, data = codec.decode_backbone_body(
+                delivery.body, routing.default_event(route.kind)
+            )
         except ProtocolError as exc:
             raise _Unusable("body", exc.message) from None
         headers = props.headers
@@ -724,6 +710,24 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def downstream_message(event: Event) -> aio_pika.Message:
+    """A downstream event as the gateway publishes it (the API, client events, the CLI): the
+    body services send, plus the headers it reads back (`x-timestamp-ms`, and
+    `x-origin-connection` for echoes). Not persistent: the instance queues are not durable,
+    and the notification stream keeps everything on disk anyway."""
+    headers: dict[str, Any] = {TS_HEADER: event.ts}
+    if event.origin is not None:
+        headers[ORIGIN_HEADER] = event.origin
+    return aio_pika.Message(
+        codec.encode_backbone_body(event.event, event.data),
+        content_type=JSON,
+        message_id=event.id,
+        timestamp=datetime.fromtimestamp(event.ts / 1000, UTC),
+        headers=headers,
+        delivery_mode=DeliveryMode.NOT_PERSISTENT,
+    )
+
+
 async def publish_once(
     config: Config,
     routing_key: str,
@@ -738,18 +742,13 @@ async def publish_once(
     Validates like `/api/publish` (ProtocolError), declares the exchange as the gateway does,
     waits for the broker's confirm (BackboneUnavailable otherwise) and returns the message id.
     """
-    route = routing.parse(routing_key)
-    if route is None:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST,
-            "routing_key must be dashboard.<topic>, notification.user.<user_id> or "
-            "notification.broadcast (ids without '*', '#', spaces or empty words)",
-        )
-    name = event or default_event(route.kind)
-    if len(name) > codec.MAX_EVENT_NAME:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'event' is too long")
-    ident = message_id or uuid.uuid4().hex
-    now = int(time.time() * 1000)
+    try:
+        _, name = routing.downstream(routing_key, event)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    message = downstream_message(
+        Event(routing_key, name, data, message_id or uuid.uuid4().hex, int(time.time() * 1000))
+    )
     url = URL(config.amqp_url)
     try:
         async with asyncio.timeout(timeout_s):
@@ -759,18 +758,9 @@ async def publish_once(
                 exchange = await channel.declare_exchange(
                     config.exchange, ExchangeType.TOPIC, durable=True
                 )
-                await exchange.publish(
-                    aio_pika.Message(
-                        codec.encode_backbone_body(name, data),
-                        content_type=JSON,
-                        message_id=ident,
-                        timestamp=datetime.fromtimestamp(now / 1000, UTC),
-                        headers={TS_HEADER: now},
-                    ),
-                    routing_key,
-                )
+                await exchange.publish(message, routing_key)
     except LINK_ERRORS as exc:
         raise BackboneUnavailable(
             f"cannot publish to RabbitMQ at {redact_url(config.amqp_url)}: {describe(exc)}"
         ) from None
-    return ident
+    return message.message_id or ""
