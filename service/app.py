@@ -12,13 +12,12 @@ from service.backbone.base import Backbone
 from service.backbone.memory import MemoryBackbone
 from service.bindings import BindingMode, Bindings
 from service.config import Config
-from service.demo import DemoProducer
+from service.demo_producer import DemoProducer
 from service.errors import ConfigError
 from service.metrics import Metrics
 from service.monitor import LoopMonitor, refresh_gauges
 from service.node import Limits, Node
-from service.transports import demo as demo_http
-from service.transports import health, http_api, socketio, ws
+from service.transports import demo_page, health, http_api, socketio, ws
 from service.transports.context import GATEWAY, Gateway
 
 SHUTDOWN_SETTLE_S = 3.0
@@ -88,7 +87,7 @@ def create_app(
     health.add_routes(app)
     http_api.add_routes(app)
     if config.demo:
-        demo_http.setup(app, DemoProducer(node))
+        demo_page.setup(app, DemoProducer(node))
     return app
 
 

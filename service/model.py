@@ -42,7 +42,7 @@ class Event:
     """
 
     routing_key: str
-    event: str
+    name: str
     data: Any
     id: str
     ts: int

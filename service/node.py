@@ -266,13 +266,13 @@ class Node:
             return
         if route.kind is KeyKind.TOPIC:
             frame = codec.encode_event(
-                event.event, event.data, event.id, event.ts, topic=route.target
+                event.name, event.data, event.id, event.ts, topic=route.target
             )
-            if event.event == "dashboard_update":
+            if event.name == "dashboard_update":
                 self.lastvalue.put(route.target, frame)
         else:
             frame = codec.encode_event(
-                event.event, event.data, event.id, event.ts, offset=event.offset
+                event.name, event.data, event.id, event.ts, offset=event.offset
             )
         delivered, dropped = self.hub.fanout(route, frame, exclude=event.origin)
         self._events_of[route.kind].inc()

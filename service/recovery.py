@@ -2,7 +2,7 @@
 
 A reconnecting client names the last offset it saw (`since`). The gateway then sends, in
 order, every notification of that user (and every broadcast) with a larger offset that the
-backbone's `NotificationLog` still holds, then `resumed`, then live traffic, with no gap and no
+backbone's `NotificationHistory` still holds, then `resumed`, then live traffic, with no gap and no
 reordering at the switch:
 
 1. The session is *held* from the moment it joins the hub, so live frames that reach it while
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from service import codec, routing
-from service.backbone.base import NotificationLog
+from service.backbone.base import NotificationHistory
 from service.errors import BackboneUnavailable, ErrorCode, ProtocolError
 from service.metrics import Metrics
 from service.model import Event, Namespace
@@ -110,7 +110,7 @@ class Recovery:
 
     def __init__(
         self,
-        history: NotificationLog | None,
+        history: NotificationHistory | None,
         *,
         metrics: Metrics,
         max_replay_bytes: int = 1 << 19,
@@ -327,6 +327,6 @@ class Recovery:
             ):
                 if frame is None:
                     frame = codec.encode_event(
-                        event.event, event.data, event.id, event.ts, offset=event.offset
+                        event.name, event.data, event.id, event.ts, offset=event.offset
                     )
                 request.add(frame)

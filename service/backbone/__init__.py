@@ -3,6 +3,6 @@
 Importing this package never imports aio_pika; `service.backbone.amqp` does, lazily.
 """
 
-from service.backbone.base import Backbone, NotificationLog, OnEvent
+from service.backbone.base import Backbone, NotificationHistory, OnEvent
 
-__all__ = ["Backbone", "NotificationLog", "OnEvent"]
+__all__ = ["Backbone", "NotificationHistory", "OnEvent"]

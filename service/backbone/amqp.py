@@ -39,7 +39,7 @@ from service.backbone.base import OnEvent
 from service.backbone.dead_letters import DeadLetterPublisher
 from service.backbone.errors import LINK_ERRORS
 from service.backbone.settle import Settler
-from service.backbone.stream import STREAM_NAME, NotificationStream
+from service.backbone.stream import STREAM_NAME, StreamHistory
 from service.backbone.tap import Delivery, DeliveryTap, TapTransportFactory, fallback
 from service.config import Config
 from service.errors import BackboneUnavailable, ConfigError, ErrorCode, ProtocolError
@@ -189,9 +189,9 @@ class AmqpBackbone:
         self._supervisor: asyncio.Task[None] | None = None
         self._connected_once = False  # a first link was up (later ones are reconnects)
         #: The notification stream (recovery); None when the window is 0.
-        self.history: NotificationStream | None = None
+        self.history: StreamHistory | None = None
         if recovery_window_s > 0:
-            self.history = NotificationStream(
+            self.history = StreamHistory(
                 recovery_stream,
                 exchange=exchange,
                 window_s=recovery_window_s,
@@ -719,7 +719,7 @@ def downstream_message(event: Event) -> aio_pika.Message:
     if event.origin is not None:
         headers[ORIGIN_HEADER] = event.origin
     return aio_pika.Message(
-        codec.encode_backbone_body(event.event, event.data),
+        codec.encode_backbone_body(event.name, event.data),
         content_type=JSON,
         message_id=event.id,
         timestamp=datetime.fromtimestamp(event.ts / 1000, UTC),

@@ -19,7 +19,7 @@ Guarantees every implementation gives (tests/contract/test_backbone.py checks th
 
 A backbone that keeps the notifications it carried for a while, so that reconnecting clients
 can recover what they missed (contract §3), offers them as its `history` attribute, a
-`NotificationLog` (None or absent: no recovery; see `history_of`).
+`NotificationHistory` (None or absent: no recovery; see `history_of`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Backbone(Protocol):
 
 
 @runtime_checkable
-class NotificationLog(Protocol):
+class NotificationHistory(Protocol):
     """The history of notifications a backbone carried, by offset (contract §3, recovery).
 
     Guarantees:
@@ -112,7 +112,7 @@ class NotificationLog(Protocol):
         ...
 
 
-def history_of(backbone: object) -> NotificationLog | None:
+def history_of(backbone: object) -> NotificationHistory | None:
     """The backbone's notification log (its `history` attribute), or None when it keeps none."""
     history = getattr(backbone, "history", None)
-    return history if isinstance(history, NotificationLog) else None
+    return history if isinstance(history, NotificationHistory) else None

@@ -23,7 +23,7 @@ MAX_ENTRIES = 100_000
 COMPACT_AFTER = 4096  # dropped slots at the front of the list before it is compacted
 
 
-class RecentLog:
+class RecentHistory:
     """See the module docstring."""
 
     def __init__(

@@ -5,7 +5,7 @@ semantics, delivery is synchronous from `publish`, notifications get offsets fro
 and upstream events are kept in a bounded log that tests and operators can read.
 
 Notifications are also kept in a log bounded in time (`window_s`, GATEWAY_RECOVERY_WINDOW_SECONDS)
-and in count (`history_max`), read by `replay` (the `NotificationLog` seam): the same semantics
+and in count (`history_max`), read by `replay` (the `NotificationHistory` seam): the same semantics
 as the RabbitMQ stream, for one instance. Offsets restart at 1 with the process, so a client's
 offset from before a restart is either above `last_offset` or below what the log holds, and
 its resume is answered `recovered: false` in both cases.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from service import routing
 from service.backbone.base import OnEvent
-from service.backbone.history import MAX_ENTRIES, RecentLog
+from service.backbone.history import MAX_ENTRIES, RecentHistory
 from service.errors import BackboneUnavailable
 from service.model import Event
 
@@ -52,7 +52,7 @@ class MemoryBackbone:
         self._patterns: set[str] = set()  # the bindings with `*` or `#`, matched word by word
         self._available = True
         self._last_offset = 0
-        self._history = RecentLog(window_s=window_s, max_entries=history_max, clock=clock)
+        self._history = RecentHistory(window_s=window_s, max_entries=history_max, clock=clock)
         self.upstream: deque[UpstreamRecord] = deque(maxlen=upstream_log_size)
         self._upstream_listeners: list[Callable[[UpstreamRecord], None]] = []
 
@@ -107,7 +107,7 @@ class MemoryBackbone:
         if self._on_event is not None and self._is_bound(event.routing_key):
             self._on_event(event)
 
-    # -- NotificationLog ------------------------------------------------------------------
+    # -- NotificationHistory ------------------------------------------------------------------
 
     @property
     def history(self) -> MemoryBackbone:

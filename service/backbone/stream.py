@@ -3,7 +3,7 @@
 Used by the RabbitMQ backbone (`amqp.py`) when the recovery window is not 0: every instance
 consumes one durable stream queue bound with `notification.#`, so each live notification
 carries the stream's offset (+ 1, so that 0 means "before everything"), and a replay reads the
-recent tail from memory (`RecentLog`) or, for older ranges, with a short-lived reader. Offsets
+recent tail from memory (`RecentHistory`) or, for older ranges, with a short-lived reader. Offsets
 are not consecutive (RabbitMQ spends some on bookkeeping chunks): only the entry `since` still
 being in the stream proves nothing after it was lost. Design, retention and costs:
 docs/recovery.md ("RabbitMQ backbone: the notification stream").
@@ -24,7 +24,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from service.backbone.errors import LINK_ERRORS
-from service.backbone.history import RecentLog
+from service.backbone.history import RecentHistory
 from service.backbone.settle import Settler
 from service.backbone.tap import Delivery, DeliveryTap, fallback
 from service.errors import BackboneUnavailable
@@ -57,8 +57,8 @@ def entry_offset(delivery: Delivery) -> int | None:
     return None
 
 
-class NotificationStream:
-    """One instance's view of the notification stream; implements `NotificationLog`."""
+class StreamHistory:
+    """One instance's view of the notification stream; implements `NotificationHistory`."""
 
     def __init__(
         self,
@@ -82,7 +82,7 @@ class NotificationStream:
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
         self._last_offset = 0
-        self._recent = RecentLog(window_s=window_s, max_entries=recent_entries)
+        self._recent = RecentHistory(window_s=window_s, max_entries=recent_entries)
         self._attached_once = False
         self._connection: AbstractConnection | None = None
         self._live: AbstractChannel | None = None
@@ -195,7 +195,7 @@ class NotificationStream:
                 await channel.close()
         return queue
 
-    # -- NotificationLog ------------------------------------------------------------------
+    # -- NotificationHistory ------------------------------------------------------------------
 
     @property
     def last_offset(self) -> int:

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60, func_only=True)]
 WAIT_MS = 10_000  # every wait in this test is bounded by this (or less)
 TOKEN_TTL_S = 8  # tab A's tokens live 8 s, so the client must refresh them during the test
 IMAGES = ROOT / "docs" / "images"
-USER = "42"  # the demo user (service.demo.DEMO_USER)
+USER = "42"  # the demo user (service.demo_producer.DEMO_USER)
 
 
 class Wire:

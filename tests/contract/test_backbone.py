@@ -185,9 +185,9 @@ async def test_a_bound_key_is_delivered_with_every_field(
     )
     await harness.backbone.publish(sent)
     [got] = await started.count(1)
-    assert (got.routing_key, got.event, got.data, got.id, got.ts, got.origin) == (
+    assert (got.routing_key, got.name, got.data, got.id, got.ts, got.origin) == (
         sent.routing_key,
-        sent.event,
+        sent.name,
         sent.data,
         sent.id,
         sent.ts,

@@ -22,8 +22,7 @@ from service import routing
 from service.app import create_app
 from service.config import Config
 from service.errors import ErrorCode
-from service.routing import DEFAULT_NOTIFICATION_EVENT, default_event
-from service.routing import KeyKind
+from service.routing import DEFAULT_NOTIFICATION_EVENT, KeyKind, default_event
 from service.transports.context import GATEWAY
 from tests.conftest import make_config
 

@@ -17,10 +17,10 @@ from aiohttp.test_utils import make_mocked_request
 from service.auth import Authenticator
 from service.backbone.memory import MemoryBackbone
 from service.bindings import Bindings
-from service.demo import DEMO_USER, METRICS, DemoProducer
+from service.demo_producer import DEMO_USER, METRICS, DemoProducer
 from service.model import Event, Principal
 from service.node import Node
-from service.transports import demo as demo_http
+from service.transports import demo_page
 from tests.conftest import SECRET, Gateway, GatewayFactory, receive, request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ async def test_only_shipped_files_are_served(demo: Gateway, path: str) -> None:
 
 def test_package_data_covers_every_static_file() -> None:
     """setup.cfg's package_data ships service/static/ in a non-editable install too."""
-    files = demo_http.static_files()
+    files = demo_page.static_files()
     assert {"demo.html", "demo.js", "demo.css", "realtime.js"} <= set(files)
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
@@ -154,11 +154,11 @@ async def test_producer_ticks_updates_and_periodic_notifications() -> None:
     for event in events:
         assert isinstance(event.data, dict)
         if event.routing_key.startswith("dashboard."):
-            assert event.event == "dashboard_update"
+            assert event.name == "dashboard_update"
             metric = next(m for m in METRICS if event.routing_key == f"dashboard.{m.topic}")
             assert metric.low <= event.data["value"] <= metric.high
         else:
-            assert event.event == "notification_new"
+            assert event.name == "notification_new"
             assert event.data["title"]
     assert producer.published == len(events)
 
@@ -179,7 +179,7 @@ async def test_token_endpoint_answers_loopback_peers_only(demo: Gateway, peer: s
         (peer, 40000) if name == "peername" else default
     )
     request = make_mocked_request("GET", "/demo/token?sub=7", app=demo.app, transport=transport)
-    resp = await demo_http.token(request)
+    resp = await demo_page.token(request)
     assert resp.status == 403
     assert resp.body is not None
     assert json.loads(bytes(resp.body))["error"]["code"] == "forbidden"
@@ -192,7 +192,7 @@ async def test_token_endpoint_answers_every_loopback_address(demo: Gateway, peer
         (peer, 40000) if name == "peername" else default
     )
     request = make_mocked_request("GET", "/demo/token?sub=7", app=demo.app, transport=transport)
-    assert (await demo_http.token(request)).status == 200
+    assert (await demo_page.token(request)).status == 200
 
 
 @pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])

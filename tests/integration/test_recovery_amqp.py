@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from service.backbone.stream import NotificationStream
+from service.backbone.stream import StreamHistory
 from service.transports.context import GATEWAY
 from tests.broker import (
     AmqpGateway,
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.amqp
 RECOVERY_S = 30.0
 
 
-def history(gw: AmqpGateway) -> NotificationStream:
+def history(gw: AmqpGateway) -> StreamHistory:
     assert gw.backbone.history is not None
     return gw.backbone.history
 

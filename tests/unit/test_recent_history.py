@@ -1,8 +1,8 @@
-"""RecentLog: the bounded run of entries behind both backbones' histories."""
+"""RecentHistory: the bounded run of entries behind both backbones' histories."""
 
 from __future__ import annotations
 
-from service.backbone.history import RecentLog
+from service.backbone.history import RecentHistory
 from service.model import Event
 
 
@@ -10,12 +10,12 @@ def entry(offset: int) -> Event:
     return Event("notification.user.a", "notification_new", offset, str(offset), 0, offset=offset)
 
 
-def offsets(log: RecentLog, since: int, until: int) -> list[int | None]:
+def offsets(log: RecentHistory, since: int, until: int) -> list[int | None]:
     return [event.offset for event in log.read(since, until)]
 
 
 def test_reads_are_bounded_on_both_sides_and_offsets_may_skip() -> None:
-    log = RecentLog(window_s=60)
+    log = RecentHistory(window_s=60)
     for n in (1, 2, 4, 5, 9):
         log.append(entry(n))
     assert offsets(log, 0, 9) == [1, 2, 4, 5, 9]
@@ -27,7 +27,7 @@ def test_reads_are_bounded_on_both_sides_and_offsets_may_skip() -> None:
 
 def test_time_and_count_bounds_raise_the_floor() -> None:
     now = [0.0]
-    log = RecentLog(window_s=10, max_entries=3, clock=lambda: now[0])
+    log = RecentHistory(window_s=10, max_entries=3, clock=lambda: now[0])
     for n in range(1, 6):
         log.append(entry(n))
     assert offsets(log, 0, 5) == [3, 4, 5]
@@ -45,7 +45,7 @@ def test_time_and_count_bounds_raise_the_floor() -> None:
 
 
 def test_an_entry_that_does_not_grow_starts_a_new_run() -> None:
-    log = RecentLog(window_s=60)
+    log = RecentHistory(window_s=60)
     log.append(entry(5))
     log.append(entry(3))
     assert offsets(log, 0, 10) == [3]
@@ -57,7 +57,7 @@ def test_an_entry_that_does_not_grow_starts_a_new_run() -> None:
 
 
 def test_prepend_joins_an_older_run_only_without_a_hole() -> None:
-    log = RecentLog(window_s=60, max_entries=4)
+    log = RecentHistory(window_s=60, max_entries=4)
     log.append(entry(10))
     log.append(entry(11))
     assert log.floor == 9
@@ -69,7 +69,7 @@ def test_prepend_joins_an_older_run_only_without_a_hole() -> None:
 
 
 def test_compaction_keeps_every_entry_reachable() -> None:
-    log = RecentLog(window_s=60, max_entries=100)
+    log = RecentHistory(window_s=60, max_entries=100)
     for n in range(1, 10_001):
         log.append(entry(n))
     assert offsets(log, 9_950, 9_953) == [9_951, 9_952, 9_953]
@@ -78,7 +78,7 @@ def test_compaction_keeps_every_entry_reachable() -> None:
 
 
 def test_prepend_starts_a_run_when_there_is_none() -> None:
-    log = RecentLog(window_s=60)
+    log = RecentHistory(window_s=60)
     assert log.prepend([entry(3), entry(5)], 2, 6)
     assert (log.floor, offsets(log, 0, 9)) == (2, [3, 5])
     log.append(entry(8))

@@ -1,4 +1,4 @@
-"""The NotificationLog guarantees (service/backbone/base.py), for every backbone that keeps one.
+"""The NotificationHistory guarantees (service/backbone/base.py), for every backbone that keeps one.
 
 Each backbone is driven only through its public seam: `start`, `publish`, `last_offset`,
 `wait_offset`, `replay`.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.backbone.base import NotificationLog, history_of
+from service.backbone.base import NotificationHistory, history_of
 from service.backbone.memory import MemoryBackbone
 from service.model import Event
 
@@ -24,7 +24,7 @@ class Harness:
         self.backbone = backbone
         history = history_of(backbone)
         assert history is not None
-        self.log: NotificationLog = history
+        self.log: NotificationHistory = history
         self.delivered: list[Event] = []
         self.arrived = asyncio.Event()
 
@@ -94,7 +94,7 @@ async def test_events_keep_what_the_publisher_gave(harness: Harness) -> None:
     ident = await harness.publish("notification.user.a", 7)
     await harness.settle(start + 1)
     (event,), _ = await harness.read(start, harness.log.last_offset)
-    assert (event.routing_key, event.event, event.data, event.id) == (
+    assert (event.routing_key, event.name, event.data, event.id) == (
         "notification.user.a",
         "notification_new",
         {"n": 7},

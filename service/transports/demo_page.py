@@ -31,7 +31,7 @@ from service.tasks import cancel_and_wait
 from service.transports.context import GATEWAY, error_response
 
 if TYPE_CHECKING:
-    from service.demo import DemoProducer
+    from service.demo_producer import DemoProducer
 
 log = structlog.get_logger(__name__)
 
