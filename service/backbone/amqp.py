@@ -2,8 +2,10 @@
 
 Declares the topology, consumes the instance queue and publishes upstream; a supervisor task
 connects (also when the broker is down at start-up) and reconnects with jittered backoff, and
-`ready` is True only while a link is up. Topology, start-up and reconnects: docs/backbone.md;
-how notifications come from the stream instead when recovery is on: docs/recovery.md.
+`ready` is True only while a link is up. Deliveries reach it through the connection's lean
+receive path (`tap.py`), synchronously and in order, and are acked in batches (`settle.py`).
+Topology, start-up and reconnects: docs/backbone.md; how notifications come from the stream
+instead when recovery is on (each crossing the link once): docs/recovery.md.
 """
 
 from __future__ import annotations
