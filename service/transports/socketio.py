@@ -621,7 +621,7 @@ class SocketIOTransport:
 
         def switch() -> None:
             if not session.closed and not wire.ws.closed and not wire.transport.is_closing():
-                session.attach_sink(sink)
+                session.attach_sink(sink, flow=sink.flow)
 
         socket.queue.put_nowait(_SwitchPacket(switch))
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from typing import Any
 
 
@@ -47,6 +48,53 @@ class WireFramer:
                     self._memo.clear()
                 self._memo[payload] = framed
         return framed
+
+
+DRAIN_POLL_S = 0.01  # how often to look at a transport whose protocol has no drain waiter
+
+
+class TransportFlow:
+    """The write flow control of one asyncio transport (`service.session.Flow`).
+
+    asyncio pauses a protocol's writing when the transport's buffer passes its high-water
+    mark and resumes it below the low-water mark. aiohttp's protocol records that
+    (`writing_paused`) and, on resume (or connection loss), resolves its drain waiter, the
+    future `drain()` awaits; `when_drained` hangs a callback on that same future (made if
+    none is pending, shared with aiohttp's own writes if one is), so a blocked socket costs
+    no task and no timer. A protocol without one (not aiohttp's) is polled instead.
+    tests/unit/test_wire.py checks this against the installed aiohttp.
+    """
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport | Any) -> None:
+        self._transport = transport
+        self._protocol = transport.get_protocol()
+
+    def paused(self) -> bool:
+        """True while the transport's buffer is over its high-water mark."""
+        return bool(getattr(self._protocol, "writing_paused", False))
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, soon after writing resumes or the connection is lost."""
+        loop = asyncio.get_running_loop()
+        protocol = self._protocol
+        if not self.paused() or self._transport.is_closing():
+            loop.call_soon(callback)
+            return
+        if not hasattr(protocol, "_drain_waiter"):
+            loop.call_later(DRAIN_POLL_S, self.when_drained, callback)
+            return
+        waiter = protocol._drain_waiter
+        if waiter is None or waiter.done():  # a cancelled drain() leaves a done waiter
+            waiter = protocol._drain_waiter = loop.create_future()
+
+        def done(future: asyncio.Future[None]) -> None:
+            if not future.cancelled():
+                future.exception()  # a lost connection: retrieved here, seen by the session
+            callback()
+
+        waiter.add_done_callback(done)
 
 
 class FrameCounter:
