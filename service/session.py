@@ -49,6 +49,9 @@ FrameEncoder = Callable[[bytes], bytes]
 #: Writes a session's frames (in order) and returns the bytes still buffered downstream.
 Sink = Callable[[list[bytes]], int]
 SLOW_CONSUMER_REASON = "slow consumer: outbound buffer overflow"
+#: A conflating session lets the transport buffer at most 1/TRANSPORT_SHARE of its budget, so
+#: frames wait (and conflate) in the session long before the budget is spent.
+TRANSPORT_SHARE = 4
 
 
 class Flow(Protocol):
@@ -60,6 +63,10 @@ class Flow(Protocol):
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, soon after the transport takes writes again (or is lost)."""
+        ...
+
+    def cap(self, high_water: int) -> None:
+        """Pause writing above `high_water` buffered bytes, if the transport allows more."""
         ...
 
 
@@ -245,6 +252,8 @@ class Session:
         self._sink = sink
         self._on_close = on_close
         self._flow = flow if self._conflate else None
+        if self._flow is not None:
+            self._flow.cap(self._limit // TRANSPORT_SHARE)
         self._blocked = False  # a writer task may have left it set
         self._keys = None
         if self._frames and not self._dirty and self.close_code is None:

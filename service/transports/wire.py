@@ -75,6 +75,12 @@ class TransportFlow:
         """True while the transport's buffer is over its high-water mark."""
         return bool(getattr(self._protocol, "writing_paused", False))
 
+    def cap(self, high_water: int) -> None:
+        """Lower the transport's high-water mark to `high_water` (never raise it)."""
+        _low, high = self._transport.get_write_buffer_limits()
+        if high_water < high:
+            self._transport.set_write_buffer_limits(high=high_water)
+
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, soon after writing resumes or the connection is lost."""
         loop = asyncio.get_running_loop()
