@@ -111,7 +111,8 @@ async def test_a_write_that_pauses_the_transport_starts_conflation() -> None:
     sink.pause_after_write = True
     session.push(b"a-0", "a")
     await settle()
-    assert sink.frames == [b"a-0"] and flow.waiters  # blocked, waiting for the drain
+    assert sink.frames == [b"a-0"]
+    assert flow.waiters
     for i in range(1, 50):
         session.push(b"a-%d" % i, "a")
         session.push(b"b-%d" % i, "b")
@@ -161,7 +162,8 @@ async def test_off_writes_every_frame_at_once_and_ignores_the_flow() -> None:
         session.push(b"s-%d" % i, "s")
     await settle()
     assert sink.frames == [b"s-0", b"s-1", b"s-2"]
-    assert outbox.conflated_frames == 0 and flow.capped is None
+    assert outbox.conflated_frames == 0
+    assert flow.capped is None
 
 
 async def test_the_transport_gets_a_share_of_the_budget() -> None:
@@ -281,7 +283,8 @@ async def test_transport_flow_shares_the_waiter_with_aiohttp_drain() -> None:
     flow.when_drained(lambda: calls.append("drained"))
     drain.cancel()  # aiohttp's own drain gave up: the session is told, and can re-check
     await settle()
-    assert calls == ["drained"] and flow.paused()
+    assert calls == ["drained"]
+    assert flow.paused()
     flow.when_drained(lambda: calls.append("again"))  # a fresh waiter replaces the done one
     protocol.connection_lost(ConnectionResetError())
     await settle()
