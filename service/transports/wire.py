@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -76,10 +78,21 @@ class TransportFlow:
         return bool(getattr(self._protocol, "writing_paused", False))
 
     def cap(self, high_water: int) -> None:
-        """Lower the transport's high-water mark to `high_water` (never raise it)."""
+        """Keep at most about `high_water` bytes below the session, so the rest waits in it.
+
+        Lowers the transport's high-water mark (never raises it), and fixes the kernel's send
+        buffer at the resulting mark: left to autotuning it grows to megabytes for a slow reader,
+        and everything in it is stale by the time the reader gets there (and so is a ping).
+        Linux doubles the value for its bookkeeping; a fixed buffer still carries `high_water`
+        per round trip, far more than a dashboard needs.
+        """
         _low, high = self._transport.get_write_buffer_limits()
         if high_water < high:
             self._transport.set_write_buffer_limits(high=high_water)
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not every socket type takes it
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(high, high_water))
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, soon after writing resumes or the connection is lost."""

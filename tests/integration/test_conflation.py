@@ -6,6 +6,7 @@ every update."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import aiohttp
@@ -146,3 +147,23 @@ async def test_the_conflated_buffer_still_closes_with_4008_when_it_overflows(
         while (await slow_ws.receive()).type is aiohttp.WSMsgType.TEXT:
             pass
     assert slow_ws.close_code == 4008
+
+
+async def test_a_conflating_socket_keeps_little_below_the_session(
+    start_gateway: GatewayFactory,
+) -> None:
+    budget = 256 * 1024
+    gateway = await start_gateway(send_queue_bytes=budget)
+    await gateway.connect("dashboard", user="d")
+    await gateway.connect("notifications", user="n")
+    share = budget // 4
+
+    def transport_of(user: str) -> Any:
+        return session_of(gateway, user)._sink._transport  # type: ignore[union-attr]
+
+    dashboard, notifications = transport_of("d"), transport_of("n")
+    assert dashboard.get_write_buffer_limits()[1] == min(share, 64 * 1024)
+    sndbuf = dashboard.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert sndbuf == 2 * share  # Linux reports twice what was set
+    # Notifications never conflate: their transport keeps asyncio's defaults.
+    assert notifications.get_write_buffer_limits()[1] == 64 * 1024

@@ -257,6 +257,9 @@ class FakeTransport:
     def set_write_buffer_limits(self, high: int) -> None:
         self.limits = (high // 4, high)
 
+    def get_extra_info(self, name: str) -> object:
+        return None
+
 
 async def test_transport_flow_follows_aiohttp_pause_and_resume() -> None:
     protocol = BaseProtocol(asyncio.get_running_loop())
