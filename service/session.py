@@ -49,9 +49,11 @@ FrameEncoder = Callable[[bytes], bytes]
 #: Writes a session's frames (in order) and returns the bytes still buffered downstream.
 Sink = Callable[[list[bytes]], int]
 SLOW_CONSUMER_REASON = "slow consumer: outbound buffer overflow"
-#: A conflating session lets the transport buffer at most 1/TRANSPORT_SHARE of its budget, so
-#: frames wait (and conflate) in the session long before the budget is spent.
+#: A conflating session lets at most this much wait below it (in the transport's buffer, and
+#: as much in the kernel's), and never more than 1/TRANSPORT_SHARE of its budget: what waits
+#: there is stale by the time a slow reader gets to it, what waits here is conflated.
 TRANSPORT_SHARE = 4
+TRANSPORT_WATER = 16 * 1024
 
 
 class Flow(Protocol):
@@ -253,7 +255,7 @@ class Session:
         self._on_close = on_close
         self._flow = flow if self._conflate else None
         if self._flow is not None:
-            self._flow.cap(self._limit // TRANSPORT_SHARE)
+            self._flow.cap(min(self._limit // TRANSPORT_SHARE, TRANSPORT_WATER))
         self._blocked = False  # a writer task may have left it set
         self._keys = None
         if self._frames and not self._dirty and self.close_code is None:

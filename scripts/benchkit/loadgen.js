@@ -149,7 +149,14 @@ function connectOne(i, hooks) {
       cfg.proto === 'native'
         ? `/ws/${cfg.namespace}?access_token=${token}`
         : '/socket.io/?EIO=4&transport=websocket';
-    const sock = net.connect({ port: cfg.port, host: '127.0.0.1', localAddress: src });
+    const opts = { port: cfg.port, host: '127.0.0.1', localAddress: src };
+    if (hooks && hooks.readSize) {
+      // Small reads (copied: the buffer is reused), so the kernel's receive buffer is not
+      // autotuned up by large reads: a slow reader's backlog stays in the server's buffers.
+      const readBuf = Buffer.alloc(hooks.readSize);
+      opts.onread = { buffer: readBuf, callback: (n) => onData(Buffer.from(readBuf.subarray(0, n))) };
+    }
+    const sock = net.connect(opts);
     sock.setNoDelay(true);
     if (hooks && hooks.onSocket) hooks.onSocket(sock);
     let done = false;
@@ -215,7 +222,7 @@ function connectOne(i, hooks) {
           `Connection: Upgrade\r\nSec-WebSocket-Key: ${WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
       );
     });
-    sock.on('data', (chunk) => {
+    const onData = (chunk) => {
       const buf = pending ? Buffer.concat([pending, chunk]) : chunk;
       pending = null;
       if (upgraded) {
@@ -235,7 +242,8 @@ function connectOne(i, hooks) {
       upgraded = true;
       if (cfg.proto === 'native') finish(true);
       if (endOfHead + 4 < buf.length) parse(buf.subarray(endOfHead + 4));
-    });
+    };
+    if (!opts.onread) sock.on('data', onData);
     sock.on('error', () => finish(false));
     sock.on('close', () => {
       if (done && !stopping && upgraded) {
@@ -474,6 +482,10 @@ async function phaseRate() {
 // (dashboard.t<seq % topics>) for measure_s. Latency is recorded for the fast clients only.
 // Afterwards the slow clients keep reading at their pace for up to drain_s: each should end
 // with the last value of every topic, and never see an older value of a topic after a newer.
+// What waits for a slow client below the server's own buffer (the kernel's send and receive
+// buffers, which TCP autotunes) is a backlog no server can conflate, so `slow_behind_s` (how
+// old the newest value a slow client had read was when publishing stopped) and `drain_s`
+// (how long until every slow client was current) show how much each server added to it.
 async function phaseConflate() {
   const T = cfg.topics;
   const fastN = cfg.sockets;
@@ -484,6 +496,7 @@ async function phaseConflate() {
     const st = { sock: null, last: new Int32Array(T).fill(-1), frames: 0, older: 0, credit: perTick, paused: false, closed: false };
     slow.push(st);
     return {
+      readSize: 4096,
       onSocket: (sock) => {
         st.sock = sock;
         sock.on('close', () => (st.closed = true));
@@ -534,6 +547,11 @@ async function phaseConflate() {
     await sleep(2);
   }
   const pubEnd = performance.now();
+  const newest = total - 1;
+  const behind = slow
+    .filter((st) => !st.closed)
+    .map((st) => (newest - Math.max(...st.last)) / cfg.rate)
+    .sort((a, b) => a - b);
   const expected = total * fastOpen;
   const graceEnd = pubEnd + (cfg.grace_s || 3) * 1000;
   while (windowDeliveries < expected && performance.now() < graceEnd) await sleep(20);
@@ -559,6 +577,8 @@ async function phaseConflate() {
     p99_ms: percentile(99),
     p999_ms: percentile(99.9),
     slow_connected: live.length,
+    slow_behind_s: behind.length ? behind[Math.floor(behind.length / 2)] : null,
+    slow_behind_max_s: behind.length ? behind[behind.length - 1] : null,
     slow_current: live.filter(current).length,
     slow_older_after_newer: slow.reduce((a, st) => a + st.older, 0),
     slow_frames_per_client: slow.length ? slow.reduce((a, st) => a + st.frames, 0) / slow.length : null,

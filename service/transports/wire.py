@@ -64,14 +64,23 @@ class TransportFlow:
     future `drain()` awaits; `when_drained` hangs a callback on that same future (made if
     none is pending, shared with aiohttp's own writes if one is), so a blocked socket costs
     no task and no timer. A protocol without one (not aiohttp's) is polled instead.
-    tests/unit/test_wire.py checks this against the installed aiohttp.
+    tests/unit/test_session_conflation.py checks this against the installed aiohttp.
+
+    `alive` runs each time the buffer drained: the peer is taking bytes, which proves it
+    alive as well as a pong would. The native transport passes aiohttp's heartbeat reset:
+    a ping waits behind whatever is buffered, so a reader that is slow but reading would
+    otherwise miss the pong deadline; one that stopped reading never drains, and the
+    heartbeat closes it as before.
     """
 
-    __slots__ = ("_protocol", "_transport")
+    __slots__ = ("_alive", "_protocol", "_transport")
 
-    def __init__(self, transport: asyncio.Transport | Any) -> None:
+    def __init__(
+        self, transport: asyncio.Transport | Any, alive: Callable[[], None] | None = None
+    ) -> None:
         self._transport = transport
         self._protocol = transport.get_protocol()
+        self._alive = alive
 
     def paused(self) -> bool:
         """True while the transport's buffer is over its high-water mark."""
@@ -110,7 +119,9 @@ class TransportFlow:
 
         def done(future: asyncio.Future[None]) -> None:
             if not future.cancelled():
-                future.exception()  # a lost connection: retrieved here, seen by the session
+                lost = future.exception()  # retrieved here; the session sees the close
+                if lost is None and self._alive is not None and not self.paused():
+                    self._alive()
             callback()
 
         waiter.add_done_callback(done)

@@ -223,7 +223,9 @@ class WireSink:
         self._transport = transport
         self._counter = counter
         self._wire = wire
-        self.flow = TransportFlow(transport)
+        # aiohttp's heartbeat reset (private, checked by tests/integration/test_conflation.py)
+        # on every drain: see TransportFlow.
+        self.flow = TransportFlow(transport, alive=getattr(ws, "_reset_heartbeat", None))
 
     def __call__(self, frames: list[bytes]) -> int:
         transport = self._transport

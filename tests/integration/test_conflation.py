@@ -156,14 +156,60 @@ async def test_a_conflating_socket_keeps_little_below_the_session(
     gateway = await start_gateway(send_queue_bytes=budget)
     await gateway.connect("dashboard", user="d")
     await gateway.connect("notifications", user="n")
-    share = budget // 4
+    share = 16 * 1024  # TRANSPORT_WATER, below a quarter of the budget
 
     def transport_of(user: str) -> Any:
         return session_of(gateway, user)._sink._transport  # type: ignore[union-attr]
 
     dashboard, notifications = transport_of("d"), transport_of("n")
-    assert dashboard.get_write_buffer_limits()[1] == min(share, 64 * 1024)
+    assert dashboard.get_write_buffer_limits()[1] == share
     sndbuf = dashboard.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     assert sndbuf == 2 * share  # Linux reports twice what was set
     # Notifications never conflate: their transport keeps asyncio's defaults.
     assert notifications.get_write_buffer_limits()[1] == 64 * 1024
+
+
+async def fill_until_blocked(gateway: Gateway, session: Session) -> int:
+    """Publish 2 KB updates over TOPICS until the session keeps frames back (conflates)."""
+    n = 0
+    while not session._blocked:
+        assert n < 30_000, "never blocked"
+        await gateway.node.publish(f"dashboard.{TOPICS[n % len(TOPICS)]}", {"seq": n, "pad": PAD})
+        n += 1
+        await asyncio.sleep(0)
+    return n
+
+
+async def test_a_drain_counts_as_a_pong_for_the_heartbeat(
+    start_gateway: GatewayFactory,
+) -> None:
+    # A slow reader's pings wait behind what is buffered for it, possibly past the pong
+    # deadline (heartbeat / 2); each time its transport drains, it took bytes, which proves
+    # it alive. Here the client never answers pings; the drains are simulated by calling the
+    # hook the transport's flow control calls (aiohttp's private heartbeat reset: this test
+    # fails if a new aiohttp changes it).
+    gateway = await start_gateway(heartbeat_s=0.4)
+    await gateway.connect("dashboard", user="slow")
+    session = session_of(gateway, "slow")
+    alive = session._flow._alive  # type: ignore[union-attr]
+    assert alive is not None
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 2.0  # five heartbeats
+    while loop.time() < end:
+        alive()
+        await asyncio.sleep(0.1)
+    assert session.close_code is None
+    # Without drains (nor pongs) the heartbeat closes it.
+    await asyncio.wait_for(session.wait_closed(), 3)
+    assert session.close_code != 4008
+
+
+async def test_a_client_that_stopped_reading_is_closed_by_the_heartbeat(
+    start_gateway: GatewayFactory,
+) -> None:
+    gateway = await start_gateway(heartbeat_s=0.5)
+    await gateway.connect("dashboard", user="gone")
+    session = session_of(gateway, "gone")
+    await fill_until_blocked(gateway, session)
+    await asyncio.wait_for(session.wait_closed(), 5)
+    assert session.close_code != 4008  # the pong deadline, not the buffer

@@ -11,7 +11,7 @@ from aiohttp.base_protocol import BaseProtocol
 
 from service.errors import CloseCode
 from service.model import Namespace, Principal
-from service.session import TRANSPORT_SHARE, Outbox, Session
+from service.session import TRANSPORT_SHARE, TRANSPORT_WATER, Outbox, Session
 from service.transports.wire import TransportFlow
 
 
@@ -169,6 +169,8 @@ async def test_off_writes_every_frame_at_once_and_ignores_the_flow() -> None:
 async def test_the_transport_gets_a_share_of_the_budget() -> None:
     _session, _outbox, flow, _sink = make(limit=8000)
     assert flow.capped == 8000 // TRANSPORT_SHARE
+    _session, _outbox, flow, _sink = make(limit=1 << 20)
+    assert flow.capped == TRANSPORT_WATER
 
 
 async def test_the_conflated_buffer_still_overflows_with_4008() -> None:
@@ -263,7 +265,8 @@ class FakeTransport:
 
 async def test_transport_flow_follows_aiohttp_pause_and_resume() -> None:
     protocol = BaseProtocol(asyncio.get_running_loop())
-    flow = TransportFlow(FakeTransport(protocol))
+    alive: list[bool] = []
+    flow = TransportFlow(FakeTransport(protocol), alive=lambda: alive.append(True))
     assert not flow.paused()
     protocol.pause_writing()
     assert flow.paused()
@@ -273,12 +276,13 @@ async def test_transport_flow_follows_aiohttp_pause_and_resume() -> None:
     assert not drained.is_set()
     protocol.resume_writing()
     await asyncio.wait_for(drained.wait(), 1)
+    assert alive == [True]  # the peer took bytes: as good as a pong
 
 
 async def test_transport_flow_shares_the_waiter_with_aiohttp_drain() -> None:
     protocol = BaseProtocol(asyncio.get_running_loop())
     protocol.transport = FakeTransport(protocol)  # type: ignore[assignment]
-    flow = TransportFlow(protocol.transport)
+    flow = TransportFlow(protocol.transport, alive=lambda: calls.append("alive"))
     protocol.pause_writing()
     calls: list[str] = []
     drain = asyncio.create_task(protocol._drain_helper())
