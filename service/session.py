@@ -225,11 +225,6 @@ class Session:
         """Bytes waiting: queued or held here, plus what the sink last reported buffered."""
         return self._pending_bytes + self._downstream + self._held_bytes
 
-    @property
-    def conflates(self) -> bool:
-        """Whether a newer keyed frame may replace a waiting one (see the module docstring)."""
-        return self._conflate
-
     def attach_sink(
         self,
         sink: Sink,
