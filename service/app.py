@@ -75,6 +75,7 @@ def create_app(
             max_connections=config.max_connections,
             max_connections_per_user=config.max_connections_per_user,
             send_queue_bytes=config.send_queue_bytes,
+            conflate=config.conflate,
         ),
         metrics=metrics,
     )

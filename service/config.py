@@ -69,6 +69,7 @@ class Config:
     max_connections_per_user: int = 20
     send_queue_bytes: int = 1048576
     heartbeat_s: float = 25.0
+    conflate: bool = True
     drain_s: float = 10.0
     recovery_window_s: float = 600.0
     recovery_stream: str = "realtime.notifications"
@@ -455,6 +456,15 @@ OPTIONS: tuple[Option, ...] = (
         _float(0, strict=True),
         "ping a peer silent this long; close it if no pong within half that",
         "SECONDS",
+    ),
+    _opt(
+        "CONFLATE",
+        "conflate",
+        _bool,
+        "on",
+        "dashboard conflation: a slow client gets the newest update of each topic; "
+        "off queues every update",
+        "BOOL",
     ),
     _opt(
         "DRAIN_SECONDS",

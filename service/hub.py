@@ -234,17 +234,21 @@ class Hub:
                 if session.id != exclude:
                     yield session
 
-    def fanout(self, route: Route, frame: bytes, exclude: str | None = None) -> tuple[int, int]:
+    def fanout(
+        self, route: Route, frame: bytes, exclude: str | None = None, key: str | None = None
+    ) -> tuple[int, int]:
         """Push `frame` to every target; returns (delivered, dropped by slow consumers).
 
         A session whose buffer overflows is closed with 4008 by `Session.push` itself.
         Sessions already closing (drain, expiry, overflow) are skipped, not counted.
+        `key` (the topic of a `dashboard_update`) lets a conflating session replace a
+        waiting frame of that topic (`Session.push`).
         """
         delivered = dropped = 0
         for session in self.targets(route, exclude):
             if session.close_code is not None:
                 continue
-            if session.push(frame):
+            if session.push(frame, key):
                 delivered += 1
             else:
                 dropped += 1

@@ -94,6 +94,13 @@ class Metrics:
             ["gateway_namespace", "transport"],
             registry=r,
         )
+        self.frames_conflated = Counter(
+            f"{PREFIX}_frames_conflated_total",
+            "Dashboard frames replaced, while still waiting for a slow client, by a newer "
+            "update of the same topic (GATEWAY_CONFLATE).",
+            ["transport"],
+            registry=r,
+        )
         self.events = Counter(
             f"{PREFIX}_events_total",
             "Downstream events received from the backbone, by routing-key kind.",

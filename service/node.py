@@ -57,6 +57,7 @@ class Limits:
     max_connections_per_user: int = 20
     send_queue_bytes: int = 1 << 20
     bind_timeout_s: float = 10.0
+    conflate: bool = True  # dashboard conflation for slow clients (GATEWAY_CONFLATE)
 
 
 def now_ms() -> int:
@@ -87,7 +88,8 @@ class Node:
         self.metrics = metrics or Metrics()
         self.hub = hub or Hub()
         self.lastvalue = lastvalue or LastValueCache()
-        self.outbox = Outbox()  # flushes sink sessions once per loop iteration
+        # Flushes sink sessions once per loop iteration; counts conflated frames.
+        self.outbox = Outbox(on_conflated=self._count_conflated)
         self.recovery = recovery or Recovery(
             history_of(backbone),
             metrics=self.metrics,
@@ -215,7 +217,11 @@ class Node:
             transport=transport,
             outbox=self.outbox,
             encoder=encoder,
+            conflate=self.limits.conflate and namespace is Namespace.DASHBOARD,
         )
+
+    def _count_conflated(self, transport: str, count: int) -> None:
+        self.metrics.frames_conflated.labels(transport).inc(count)
 
     async def join(self, session: Session) -> None:
         """Admit and register a session; returns once its bindings are in place.
@@ -264,17 +270,19 @@ class Node:
             self.metrics.dropped.labels("unroutable").inc()
             log.warning("event_unroutable", routing_key=event.routing_key, message_id=event.id)
             return
+        key = None  # conflation key: only a dashboard_update replaces a waiting one
         if route.kind is KeyKind.TOPIC:
             frame = codec.encode_event(
                 event.name, event.data, event.id, event.ts, topic=route.target
             )
             if event.name == "dashboard_update":
                 self.lastvalue.put(route.target, frame)
+                key = route.target
         else:
             frame = codec.encode_event(
                 event.name, event.data, event.id, event.ts, offset=event.offset
             )
-        delivered, dropped = self.hub.fanout(route, frame, exclude=event.origin)
+        delivered, dropped = self.hub.fanout(route, frame, exclude=event.origin, key=key)
         self._events_of[route.kind].inc()
         if delivered:
             self._deliveries_of[route.kind].inc(delivered)
@@ -388,7 +396,7 @@ class Node:
         sent = []
         for topic in topics:
             frame = self.lastvalue.get(topic)
-            if frame is not None and session.push(frame):
+            if frame is not None and session.push(frame, topic):
                 sent.append(topic)
         await self._upstream(session, "dashboard_refresh", data)
         return {"topics": sent}

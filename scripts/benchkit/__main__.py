@@ -1,4 +1,4 @@
-"""scripts/bench: run S1-S6 against the gateway and its peers; print and save the tables.
+"""scripts/bench: run S0-S7 against the gateway and its peers; print and save the tables.
 
 Every (repeat, scenario, server) gets a fresh server process pinned to CPU 0 and a fresh load
 generator pinned to CPU 1; servers are interleaved within a repeat so that drift in the
@@ -61,14 +61,28 @@ FIGURES = {
         ("server_us_per_unit", "server µs/unit", 2),
     ],
     "S6": [("rate", "accepted/s", 0), ("connect_s", "seconds", 2), ("failed", "failed", 0)],
+    "S7": [
+        ("p99_ms", "fast p99 ms", 1),
+        ("delivered_fraction", "fast delivered", 3),
+        ("slow_open", "slow opened", 0),
+        ("slow_connected", "slow still connected", 0),
+        ("slow_current", "slow with every last value", 0),
+        ("slow_older_after_newer", "older after newer", 0),
+        ("slow_behind_s", "slow behind s (median)", 1),
+        ("rss_mib_start", "RSS MiB before", 0),
+        ("rss_mib_end", "RSS MiB after publishing", 0),
+        ("drain_s", "s until slow current", 1),
+        ("server_cpu_pct", "server CPU %", 0),
+    ],
 }
+FIGURES["S7b"] = [f for f in FIGURES["S7"] if not f[0].startswith("slow_")]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (<2 min)")
     parser.add_argument("--servers", default="gateway,pysio,nodesio")
-    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S5,S5n,S6")
+    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S5,S5n,S6,S7,S7b")
     parser.add_argument("--repeats", type=int, default=None, help="default 1 quick, 3 full")
     parser.add_argument("--markdown", type=Path, help="also write the summary here")
     parser.add_argument("--out", type=Path, default=env.REPO / ".cache" / "bench")

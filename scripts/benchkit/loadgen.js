@@ -137,7 +137,10 @@ function sendControl(sock, opcode, payload) {
   sock.write(Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length, 0, 0, 0, 0]), payload]));
 }
 
-function connectOne(i) {
+// `hooks` (optional): {onFrame(payload), onSocket(sock)} for a client that reads its own way
+// (the slow readers of S7); the others count into the shared figures through onFrame.
+function connectOne(i, hooks) {
+  const frameOf = hooks && hooks.onFrame ? hooks.onFrame : onFrame;
   return new Promise((resolve) => {
     const src = cfg.src_addrs[i % cfg.src_addrs.length];
     const token = tokenFor(i);
@@ -146,8 +149,16 @@ function connectOne(i) {
       cfg.proto === 'native'
         ? `/ws/${cfg.namespace}?access_token=${token}`
         : '/socket.io/?EIO=4&transport=websocket';
-    const sock = net.connect({ port: cfg.port, host: '127.0.0.1', localAddress: src });
+    const opts = { port: cfg.port, host: '127.0.0.1', localAddress: src };
+    if (hooks && hooks.readSize) {
+      // Small reads (copied: the buffer is reused), so the kernel's receive buffer is not
+      // autotuned up by large reads: a slow reader's backlog stays in the server's buffers.
+      const readBuf = Buffer.alloc(hooks.readSize);
+      opts.onread = { buffer: readBuf, callback: (n) => onData(Buffer.from(readBuf.subarray(0, n))) };
+    }
+    const sock = net.connect(opts);
     sock.setNoDelay(true);
+    if (hooks && hooks.onSocket) hooks.onSocket(sock);
     let done = false;
     let upgraded = false;
     let pending = null; // bytes of an unfinished frame (or of the HTTP response)
@@ -166,11 +177,11 @@ function connectOne(i) {
     }, cfg.handshake_timeout_ms || 30000);
     const onText = (payload) => {
       if (cfg.proto === 'native') {
-        onFrame(payload);
+        frameOf(payload);
         return;
       }
       const c = payload[0];
-      if (c === 0x34 && payload[1] === 0x32) onFrame(payload); // 42/ns,["event",{...}]
+      if (c === 0x34 && payload[1] === 0x32) frameOf(payload); // 42/ns,["event",{...}]
       else if (c === 0x32 && payload.length === 1) sendText(sock, '3'); // ping -> pong
       else if (c === 0x30) sendText(sock, `40${nsp},${JSON.stringify({ token })}`); // CONNECT
       else if (c === 0x34 && payload[1] === 0x30) finish(true); // CONNECT ack
@@ -211,7 +222,7 @@ function connectOne(i) {
           `Connection: Upgrade\r\nSec-WebSocket-Key: ${WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
       );
     });
-    sock.on('data', (chunk) => {
+    const onData = (chunk) => {
       const buf = pending ? Buffer.concat([pending, chunk]) : chunk;
       pending = null;
       if (upgraded) {
@@ -231,7 +242,8 @@ function connectOne(i) {
       upgraded = true;
       if (cfg.proto === 'native') finish(true);
       if (endOfHead + 4 < buf.length) parse(buf.subarray(endOfHead + 4));
-    });
+    };
+    if (!opts.onread) sock.on('data', onData);
     sock.on('error', () => finish(false));
     sock.on('close', () => {
       if (done && !stopping && upgraded) {
@@ -245,7 +257,7 @@ function connectOne(i) {
   });
 }
 
-async function connectRange(from, to, concurrency) {
+async function connectRange(from, to, concurrency, hooksOf) {
   const t0 = performance.now();
   let next = from;
   const workers = [];
@@ -253,7 +265,8 @@ async function connectRange(from, to, concurrency) {
     workers.push(
       (async () => {
         while (next < to && performance.now() - t0 < (cfg.connect_budget_s || 90) * 1000) {
-          await connectOne(next++);
+          const i = next++;
+          await connectOne(i, hooksOf ? hooksOf(i) : undefined);
         }
       })(),
     );
@@ -464,6 +477,117 @@ async function phaseRate() {
   };
 }
 
+// Conflation (S7): `sockets` dashboard clients that keep up and `slow_sockets` that read at
+// 1/slow_divisor of the publish rate; `rate` messages/s round-robin over `topics` topics
+// (dashboard.t<seq % topics>) for measure_s. Latency is recorded for the fast clients only.
+// Afterwards the slow clients keep reading at their pace for up to drain_s: each should end
+// with the last value of every topic, and never see an older value of a topic after a newer.
+// What waits for a slow client below the server's own buffer (the kernel's send and receive
+// buffers, which TCP autotunes) is a backlog no server can conflate, so `slow_behind_s` (how
+// old the newest value a slow client had read was when publishing stopped) and `drain_s`
+// (how long until every slow client was current) show how much each server added to it.
+async function phaseConflate() {
+  const T = cfg.topics;
+  const fastN = cfg.sockets;
+  const slowN = cfg.slow_sockets || 0;
+  const perTick = cfg.rate / cfg.slow_divisor / 10; // frames per 100 ms per slow client
+  const slow = [];
+  const hooksOf = (i) => {
+    const st = { sock: null, last: new Int32Array(T).fill(-1), frames: 0, older: 0, credit: perTick, paused: false, closed: false };
+    slow.push(st);
+    return {
+      readSize: 4096,
+      onSocket: (sock) => {
+        st.sock = sock;
+        sock.on('close', () => (st.closed = true));
+      },
+      onFrame: (buf) => {
+        const [seq] = intAfter(buf, S_KEY, 0);
+        if (seq < 0) return;
+        const topic = seq % T;
+        if (seq <= st.last[topic]) st.older++;
+        else st.last[topic] = seq;
+        st.frames++;
+        st.credit--;
+        if (st.credit <= 0 && !st.paused && st.sock) {
+          st.paused = true;
+          st.sock.pause(); // the kernel's buffers fill behind it, then the server's
+        }
+      },
+    };
+  };
+  const ticker = setInterval(() => {
+    for (const st of slow) {
+      st.credit = Math.min(st.credit + perTick, 2 * perTick);
+      if (st.credit > 0 && st.paused && st.sock) {
+        st.paused = false;
+        st.sock.resume();
+      }
+    }
+  }, 100);
+  await connectAll(fastN, cfg.concurrency);
+  const fastOpen = open;
+  if (slowN) await connectRange(fastN, fastN + slowN, cfg.concurrency, hooksOf);
+  const slowOpen = open - fastOpen;
+  await sleep(cfg.settle_ms || 1000);
+  await amqpOpen();
+  const lastSeq = new Int32Array(T).fill(-1);
+  const total = Math.round(cfg.rate * cfg.measure_s);
+  let seq = 0;
+  const t0 = performance.now();
+  measuring = true;
+  cpuStart();
+  emit({ type: 'mark', name: 'start' });
+  while (seq < total) {
+    const due = Math.floor(((performance.now() - t0) / 1000) * cfg.rate);
+    while (seq < due && seq < total) {
+      lastSeq[seq % T] = seq;
+      await publish(`dashboard.t${seq % T}`, seq++);
+    }
+    await sleep(2);
+  }
+  const pubEnd = performance.now();
+  const newest = total - 1;
+  const behind = slow
+    .filter((st) => !st.closed)
+    .map((st) => (newest - Math.max(...st.last)) / cfg.rate)
+    .sort((a, b) => a - b);
+  const expected = total * fastOpen;
+  const graceEnd = pubEnd + (cfg.grace_s || 3) * 1000;
+  while (windowDeliveries < expected && performance.now() < graceEnd) await sleep(20);
+  const cpu = cpuPercent();
+  emit({ type: 'mark', name: 'end' });
+  measuring = false;
+  const current = (st) => st.last.every((v, t) => v === lastSeq[t]);
+  const drainEnd = performance.now() + (cfg.drain_s || 20) * 1000;
+  while (performance.now() < drainEnd && !slow.every((st) => st.closed || current(st))) await sleep(50);
+  const drainS = (performance.now() - pubEnd) / 1000;
+  emit({ type: 'mark', name: 'drained' });
+  clearInterval(ticker);
+  const live = slow.filter((st) => !st.closed);
+  return {
+    fast_open: fastOpen,
+    slow_open: slowOpen,
+    failed,
+    closed_early: closedEarly,
+    close_codes: closeCodes,
+    offered_deliveries_per_s: cfg.rate * fastOpen,
+    delivered_fraction: expected ? windowDeliveries / expected : null,
+    p50_ms: percentile(50),
+    p99_ms: percentile(99),
+    p999_ms: percentile(99.9),
+    slow_connected: live.length,
+    slow_behind_s: behind.length ? behind[Math.floor(behind.length / 2)] : null,
+    slow_behind_max_s: behind.length ? behind[behind.length - 1] : null,
+    slow_current: live.filter(current).length,
+    slow_older_after_newer: slow.reduce((a, st) => a + st.older, 0),
+    slow_frames_per_client: slow.length ? slow.reduce((a, st) => a + st.frames, 0) / slow.length : null,
+    published: total,
+    drain_s: drainS,
+    loadgen_cpu_pct: cpu,
+  };
+}
+
 // Ingest (S5): no sockets; publish `messages` as fast as amqplib takes them while polling the
 // server's consumed-message counter; the server's rate comes from the counter.
 async function phaseIngest() {
@@ -539,7 +663,7 @@ async function phaseSink() {
 }
 
 async function main() {
-  mintTokens(Math.max(cfg.sockets || 0, ...(cfg.steps || [0])));
+  mintTokens(Math.max((cfg.sockets || 0) + (cfg.slow_sockets || 0), ...(cfg.steps || [0])));
   let result;
   if (cfg.phase === 'idle') result = await phaseIdle();
   else if (cfg.phase === 'storm') result = await phaseStorm();
@@ -557,6 +681,7 @@ async function main() {
   } else if (cfg.phase === 'rate') result = await phaseRate();
   else if (cfg.phase === 'ingest') result = await phaseIngest();
   else if (cfg.phase === 'sink') result = await phaseSink();
+  else if (cfg.phase === 'conflate') result = await phaseConflate();
   else throw new Error(`unknown phase ${cfg.phase}`);
   emit({ type: 'result', ...result });
   closeAll();

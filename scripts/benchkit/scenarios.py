@@ -1,4 +1,4 @@
-"""Scenarios S1-S6 and one measured run of a scenario against one server."""
+"""Scenarios S0-S7 and one measured run of a scenario against one server."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Scenario:
 
 
 def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
-    """S1-S6, at full size or at the --quick size."""
+    """S0-S7, at full size or at the --quick size (S7b is S7 without its slow clients)."""
     q = quick
     s1_steps = [200, 2000] if q else [500, 10_000, max_sockets]
     return [
@@ -136,6 +136,35 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
             "consume_per_s",
             # Nothing is subscribed, so the gateway must bind everything to receive anything.
             server_env=(("GATEWAY_BINDINGS", "wildcard"),),
+        ),
+        *(
+            Scenario(
+                key,
+                f"conflation: {fast:,} dashboard sockets that keep up"
+                + (f" + {slow} reading at 1/10 of the rate" if slow else " (no slow ones)")
+                + f", {rate} updates/s over 20 topics for {secs} s",
+                {
+                    "phase": "conflate",
+                    "namespace": "dashboard",
+                    "sockets": fast,
+                    "slow_sockets": slow,
+                    "slow_divisor": 10,
+                    "topics": 20,
+                    "concurrency": 200,
+                    "event": "dashboard_update",
+                    "rate": rate,
+                    "measure_s": secs,
+                    "grace_s": 3,
+                    "drain_s": 30 if q else 60,
+                },
+                "p99_ms",
+                higher_is_better=False,
+                max_repeats=1 if q else 2,
+            )
+            for key, fast, slow, rate, secs in (
+                ("S7", 100 if q else 1000, 10 if q else 50, 500, 15 if q else 30),
+                ("S7b", 100 if q else 1000, 0, 500, 15 if q else 30),
+            )
         ),
         Scenario(
             "S5n",
@@ -247,6 +276,9 @@ def _drive(server: servers.Running, scenario: Scenario) -> dict[str, Any]:
         work = result.get("window_deliveries") or result.get("consumed")
         if isinstance(work, int | float) and work > 0:
             result["server_us_per_unit"] = 1e6 * (c1 - c0) / work
+    for name in ("start", "end", "drained"):
+        if name in marks:  # server memory at the phase boundaries (S7: bounded or not)
+            result[f"rss_mib_{name}"] = marks[name][2] / 1024
     if steps:
         result["steps"] = steps
         base = steps[0]

@@ -474,7 +474,7 @@ class SocketIOTransport:
 
         def switch() -> None:
             if not session.closed and not wire.ws.closed and not wire.transport.is_closing():
-                session.attach_sink(sink)
+                session.attach_sink(sink, flow=sink.flow)
 
         internals.enqueue(socket, _SwitchPacket(switch))
         return True

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 
@@ -47,6 +50,81 @@ class WireFramer:
                     self._memo.clear()
                 self._memo[payload] = framed
         return framed
+
+
+DRAIN_POLL_S = 0.01  # how often to look at a transport whose protocol has no drain waiter
+
+
+class TransportFlow:
+    """The write flow control of one asyncio transport (`service.session.Flow`).
+
+    asyncio pauses a protocol's writing when the transport's buffer passes its high-water
+    mark and resumes it below the low-water mark. aiohttp's protocol records that
+    (`writing_paused`) and, on resume (or connection loss), resolves its drain waiter, the
+    future `drain()` awaits; `when_drained` hangs a callback on that same future (made if
+    none is pending, shared with aiohttp's own writes if one is), so a blocked socket costs
+    no task and no timer. A protocol without one (not aiohttp's) is polled instead.
+    tests/unit/test_session_conflation.py checks this against the installed aiohttp.
+
+    `alive` runs each time the buffer drained: the peer is taking bytes, which proves it
+    alive as well as a pong would. The native transport passes aiohttp's heartbeat reset:
+    a ping waits behind whatever is buffered, so a reader that is slow but reading would
+    otherwise miss the pong deadline; one that stopped reading never drains, and the
+    heartbeat closes it as before.
+    """
+
+    __slots__ = ("_alive", "_protocol", "_transport")
+
+    def __init__(
+        self, transport: asyncio.Transport | Any, alive: Callable[[], None] | None = None
+    ) -> None:
+        self._transport = transport
+        self._protocol = transport.get_protocol()
+        self._alive = alive
+
+    def paused(self) -> bool:
+        """True while the transport's buffer is over its high-water mark."""
+        return bool(getattr(self._protocol, "writing_paused", False))
+
+    def cap(self, high_water: int) -> None:
+        """Keep at most about `high_water` bytes below the session, so the rest waits in it.
+
+        Lowers the transport's high-water mark (never raises it), and fixes the kernel's send
+        buffer at the resulting mark: left to autotuning it grows to megabytes for a slow reader,
+        and everything in it is stale by the time the reader gets there (and so is a ping).
+        Linux doubles the value for its bookkeeping; a fixed buffer still carries `high_water`
+        per round trip, far more than a dashboard needs.
+        """
+        _low, high = self._transport.get_write_buffer_limits()
+        if high_water < high:
+            self._transport.set_write_buffer_limits(high=high_water)
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not every socket type takes it
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(high, high_water))
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, soon after writing resumes or the connection is lost."""
+        loop = asyncio.get_running_loop()
+        protocol = self._protocol
+        if not self.paused() or self._transport.is_closing():
+            loop.call_soon(callback)
+            return
+        if not hasattr(protocol, "_drain_waiter"):
+            loop.call_later(DRAIN_POLL_S, self.when_drained, callback)
+            return
+        waiter = protocol._drain_waiter
+        if waiter is None or waiter.done():  # a cancelled drain() leaves a done waiter
+            waiter = protocol._drain_waiter = loop.create_future()
+
+        def done(future: asyncio.Future[None]) -> None:
+            if not future.cancelled():
+                lost = future.exception()  # retrieved here; the session sees the close
+                if lost is None and self._alive is not None and not self.paused():
+                    self._alive()
+            callback()
+
+        waiter.add_done_callback(done)
 
 
 class FrameCounter:

@@ -27,7 +27,7 @@ from service.recovery import parse_since
 from service.session import Session
 from service.tasks import wait_ended
 from service.transports.context import GATEWAY, Gateway, error_response
-from service.transports.wire import FrameCounter
+from service.transports.wire import FrameCounter, TransportFlow
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +135,7 @@ async def _serve(
     assert transport is not None  # prepared just now
     frames_out = frames_out_counter(gateway, session.namespace, "ws")
     sink = WireSink(ws, transport, frames_out, gateway.ws_framer.wire)
-    session.attach_sink(sink, on_close)
+    session.attach_sink(sink, on_close, flow=sink.flow)
     log.info("connected", transport="ws")
     config = gateway.config
     limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
@@ -206,13 +206,14 @@ class WireSink:
     per frame per socket). aiohttp still owns the socket's control frames (pong, ping,
     close); both write whole frames synchronously, so they never interleave. Nothing is
     written once aiohttp started the closing handshake. Returns the transport's buffered
-    bytes, which the session counts against its budget (slow consumer = 4008).
+    bytes, which the session counts against its budget (slow consumer = 4008). `flow` is the
+    transport's flow control, for a conflating session to wait on.
 
     `wire` turns a buffered frame into its WebSocket bytes: `WireFramer.wire` for native
     frames, `socketio.ws_wire` for Socket.IO packets on the Socket.IO fast path.
     """
 
-    __slots__ = ("_counter", "_transport", "_wire", "_ws")
+    __slots__ = ("_counter", "_transport", "_wire", "_ws", "flow")
 
     def __init__(
         self,
@@ -225,6 +226,9 @@ class WireSink:
         self._transport = transport
         self._counter = counter
         self._wire = wire
+        # aiohttp's heartbeat reset (private, checked by tests/integration/test_conflation.py)
+        # on every drain: see TransportFlow.
+        self.flow = TransportFlow(transport, alive=getattr(ws, "_reset_heartbeat", None))
 
     def __call__(self, frames: list[bytes]) -> int:
         transport = self._transport

@@ -157,7 +157,9 @@ async def test_dotted_user_ids_are_exact(gateway: Gateway) -> None:
 async def test_slow_consumer_is_closed_and_others_get_everything(
     start_gateway: GatewayFactory,
 ) -> None:
-    gateway = await start_gateway(send_queue_bytes=64 * 1024)
+    # Without conflation every update of the one topic queues (with it, see
+    # tests/integration/test_conflation.py, the slow client would keep only the newest).
+    gateway = await start_gateway(send_queue_bytes=64 * 1024, conflate=False)
     slow = await gateway.connect("dashboard", user="slow")
     fast = await gateway.connect("dashboard", user="fast")
     payload = {"blob": "x" * 8000}
