@@ -461,10 +461,10 @@ OPTIONS: tuple[Option, ...] = (
         "CONFLATE",
         "conflate",
         _bool,
-        "on",
         "dashboard conflation: a slow client gets the newest update of each topic; "
         "off queues every update",
         "BOOL",
+        shown_default="on",  # the contract's spelling
     ),
     _opt(
         "DRAIN_SECONDS",
