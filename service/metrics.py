@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import generate_latest
@@ -292,3 +293,30 @@ class BatchedHistogram:
             if count:
                 buckets[index].inc(count)
         self._histogram._sum.inc(total)
+
+
+class BatchedCounter:
+    """A counter (or a labelled child) added to Prometheus once per loop iteration.
+
+    The fast paths count frames per socket write; `Counter.inc` takes a lock, so the counts
+    of one iteration are summed here and added once (`realtime_gateway_frames_out_total`).
+    """
+
+    __slots__ = ("_child", "_count", "_scheduled")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._count = 0
+        self._scheduled = False
+
+    def add(self, n: int) -> None:
+        """Count `n` (from inside the event loop)."""
+        self._count += n
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._scheduled = False
+        count, self._count = self._count, 0
+        self._child.inc(count)

@@ -125,27 +125,3 @@ class TransportFlow:
             callback()
 
         waiter.add_done_callback(done)
-
-
-class FrameCounter:
-    """frames_out of one namespace and transport, added to Prometheus once per loop iteration
-    (not once per socket) by the fast paths that write without a writer task."""
-
-    __slots__ = ("_child", "_count", "_scheduled")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self._count = 0
-        self._scheduled = False
-
-    def add(self, n: int) -> None:
-        """Count `n` frames written."""
-        self._count += n
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._publish)
-
-    def _publish(self) -> None:
-        self._scheduled = False
-        count, self._count = self._count, 0
-        self._child.inc(count)

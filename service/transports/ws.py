@@ -20,6 +20,7 @@ from service import codec
 from service.auth import bearer_token
 from service.codec import AckedProtocolError
 from service.errors import AuthError, CloseCode, ErrorCode, ProtocolError, Refused
+from service.metrics import BatchedCounter
 from service.model import Namespace, Principal
 from service.node import Node
 from service.ratelimit import RateLimiter, Verdict
@@ -27,7 +28,7 @@ from service.recovery import parse_since
 from service.session import Session
 from service.tasks import wait_ended
 from service.transports.context import GATEWAY, Gateway, error_response
-from service.transports.wire import FrameCounter, TransportFlow
+from service.transports.wire import TransportFlow
 
 log = structlog.get_logger(__name__)
 
@@ -219,7 +220,7 @@ class WireSink:
         self,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport | Any,
-        counter: FrameCounter,
+        counter: BatchedCounter,
         wire: Callable[[bytes], bytes],
     ) -> None:
         self._ws = ws
@@ -243,12 +244,12 @@ class WireSink:
         return int(transport.get_write_buffer_size())
 
 
-def frames_out_counter(gateway: Gateway, namespace: Namespace, transport: str) -> FrameCounter:
+def frames_out_counter(gateway: Gateway, namespace: Namespace, transport: str) -> BatchedCounter:
     """The app's frames_out accumulator for one namespace and transport (made on first use)."""
     counters = gateway.frames_out_counters
     counter = counters.get((namespace, transport))
     if counter is None:
-        counter = FrameCounter(gateway.metrics.frames_out.labels(namespace, transport))
+        counter = BatchedCounter(gateway.metrics.frames_out.labels(namespace, transport))
         counters[(namespace, transport)] = counter
     return counter
 
