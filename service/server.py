@@ -42,6 +42,7 @@ async def _serve(
     from aiohttp import web
 
     from service.app import create_app
+    from service.gcpolicy import GcPolicy
     from service.transports.access_log import RedactingAccessLogger
     from service.transports.context import GATEWAY
 
@@ -63,6 +64,8 @@ async def _serve(
         )
         await site.start()
         node = app[GATEWAY].node
+        gc_policy = GcPolicy(lambda: len(node.hub))
+        gc_policy.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -90,6 +93,7 @@ async def _serve(
         # The listener stays open while draining: new upgrades get 503, /readyz says 503.
         log.info("sigterm", drain_s=config.drain_s, connections=len(node.hub))
         await node.drain(config.drain_s)
+        await gc_policy.close()
     finally:
         await runner.cleanup()
     log.info("stopped")
