@@ -75,7 +75,7 @@ class Config:
     recovery_stream: str = "realtime.notifications"
     log_level: str = "info"
     log_format: str = "json"
-    amqp_prefetch: int = 1000
+    amqp_prefetch: int = 5000
     binding_grace_s: float = 5.0
     demo: bool = False
     demo_with_broker: bool = False

@@ -48,6 +48,14 @@ FIGURES = {
         ("server_us_per_unit", "server µs/unit", 2),
         ("loadgen_cpu_pct", "loadgen CPU %", 0),
     ],
+    "S4b": [
+        ("deliveries_per_s", "deliveries/s", 0),
+        ("delivered_fraction", "delivered", 3),
+        ("p50_ms", "p50 ms", 1),
+        ("p99_ms", "p99 ms", 1),
+        ("server_cpu_pct", "server CPU %", 0),
+        ("server_us_per_unit", "server µs/unit", 2),
+    ],
     "S5": [
         ("consume_per_s", "messages/s", 0),
         ("publish_per_s", "publisher msg/s", 0),
@@ -82,7 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (<2 min)")
     parser.add_argument("--servers", default="gateway,pysio,nodesio")
-    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S5,S5n,S6,S7,S7b")
+    parser.add_argument("--scenarios", default="S0,S0c,S1,S2,S3,S4,S4b,S5,S5n,S6,S7,S7b")
     parser.add_argument("--repeats", type=int, default=None, help="default 1 quick, 3 full")
     parser.add_argument("--markdown", type=Path, help="also write the summary here")
     parser.add_argument("--out", type=Path, default=env.REPO / ".cache" / "bench")

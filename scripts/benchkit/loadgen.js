@@ -436,6 +436,47 @@ async function phaseClosedLoop(keyOf, perMessage) {
   };
 }
 
+// Burst (S4b): publish every message as fast as the publisher can, then wait until every
+// target socket has each one (or grace_s passed). Throughput-bound, like a backlog that
+// builds up in the broker: deliveries/s = deliveries / (first publish -> last delivery).
+async function phaseBurst(keyOf, perMessage) {
+  await connectAll(cfg.sockets, cfg.concurrency);
+  if (open < cfg.sockets) log(`only ${open}/${cfg.sockets} sockets open`);
+  await sleep(cfg.settle_ms || 1000);
+  await amqpOpen();
+  const total = cfg.max_messages;
+  counts = new Uint32Array(total);
+  const expected = total * perMessage;
+  measuring = true;
+  windowDeliveries = 0;
+  cpuStart();
+  emit({ type: 'mark', name: 'start' });
+  const t0 = performance.now();
+  for (let seq = 0; seq < total; seq++) await publish(keyOf(seq), seq);
+  const pubEnd = performance.now();
+  const graceEnd = pubEnd + (cfg.grace_s || 30) * 1000;
+  while (windowDeliveries < expected && performance.now() < graceEnd) await sleep(5);
+  const end = performance.now();
+  const cpu = cpuPercent();
+  emit({ type: 'mark', name: 'end' });
+  measuring = false;
+  const secs = (end - t0) / 1000;
+  return {
+    open,
+    failed,
+    closed_early: closedEarly,
+    close_codes: closeCodes,
+    published: total,
+    publish_s: (pubEnd - t0) / 1000,
+    delivered_fraction: windowDeliveries / expected,
+    window_deliveries: windowDeliveries,
+    deliveries_per_s: windowDeliveries / secs,
+    p50_ms: percentile(50),
+    p99_ms: percentile(99),
+    loadgen_cpu_pct: cpu,
+  };
+}
+
 // Open loop at a fixed rate (S3): publish `rate` messages per second for measure_s.
 async function phaseRate() {
   await connectAll(cfg.sockets, cfg.concurrency);
@@ -677,7 +718,8 @@ async function main() {
       rnd = (rnd * 1103515245 + 12345) >>> 0;
       users[i] = rnd % cfg.users;
     }
-    result = await phaseClosedLoop((s) => `notification.user.u${users[s]}`, per);
+    const keyOf = (s) => `notification.user.u${users[s]}`;
+    result = cfg.burst ? await phaseBurst(keyOf, per) : await phaseClosedLoop(keyOf, per);
   } else if (cfg.phase === 'rate') result = await phaseRate();
   else if (cfg.phase === 'ingest') result = await phaseIngest();
   else if (cfg.phase === 'sink') result = await phaseSink();

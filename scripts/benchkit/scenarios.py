@@ -124,6 +124,23 @@ def scenarios(quick: bool, max_sockets: int) -> list[Scenario]:
             "deliveries_per_s",
         ),
         Scenario(
+            "S4b",
+            f"targeted burst, {2000 if q else 10_000:,} sockets as {1000 if q else 5000:,} "
+            f"users, {5000 if q else 20_000:,} notifications published at once",
+            {
+                "phase": "targeted",
+                "burst": True,
+                "namespace": "notifications",
+                "sockets": 2000 if q else 10_000,
+                "users": 1000 if q else 5000,
+                "concurrency": 200,
+                "event": "notification_new",
+                "max_messages": 5000 if q else 20_000,
+                "grace_s": 60,
+            },
+            "deliveries_per_s",
+        ),
+        Scenario(
             "S5",
             f"ingest, {30_000 if q else 60_000:,} AMQP messages, no socket wants them",
             {

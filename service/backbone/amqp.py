@@ -147,7 +147,7 @@ class AmqpBackbone:
         dead_letter_exchange: str = DEAD_LETTER_EXCHANGE,
         dead_letter_queue: str = DEAD_LETTER_QUEUE,
         queue_prefix: str = QUEUE_PREFIX,
-        prefetch: int = 1000,
+        prefetch: int = 5000,
         metrics: Metrics | None = None,
         confirm_timeout_s: float = 5.0,
         connect_timeout_s: float = 10.0,

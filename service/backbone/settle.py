@@ -22,8 +22,10 @@ from service.tasks import cancel_and_wait
 class Settler:
     """Batches the settlements of one channel's consumers."""
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(self, channel: aiormq.abc.AbstractChannel, *, ack_every: int = 1) -> None:
         self._channel = channel
+        self._ack_every = ack_every  # a stream's acks are credit: one per run of this many
+        self._unsent = 0
         self._pending: list[tuple[int, bool]] = []  # (delivery tag, reject)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -46,6 +48,8 @@ class Settler:
             pending[-1] = (tag, False)  # one ack with multiple=True covers the run
         else:
             pending.append((tag, False))
+        self._unsent += 1
+        if self._unsent >= self._ack_every:
             self._wake.set()
 
     def reject(self, tag: int) -> None:
@@ -60,6 +64,7 @@ class Settler:
                 await self._wake.wait()
                 self._wake.clear()
                 batch, self._pending = self._pending, []
+                self._unsent = 0
                 for tag, reject in batch:
                     if reject:
                         await channel.basic_reject(tag, requeue=False)

@@ -67,7 +67,7 @@ class StreamHistory:
         exchange: str,
         window_s: float,
         decode: Decode,
-        prefetch: int = 1000,
+        prefetch: int = 5000,
         segment_bytes: int = SEGMENT_BYTES,
         max_bytes: int = MAX_BYTES,
         recent_entries: int = RECENT_ENTRIES,
@@ -128,7 +128,7 @@ class StreamHistory:
             # it, it comes back first (filtered below) and nothing in between was lost.
             start = since - 1 if since >= 1 else "first"
         first_seen = not self._attached_once
-        settler = Settler(raw)
+        settler = Settler(raw, ack_every=self._ack_every)
 
         def on_delivery(delivery: Delivery) -> None:
             # Synchronous, in stream order. Acks are the consumer's credit: one `multiple`

@@ -44,7 +44,7 @@ def test_defaults_match_contract_table() -> None:
     assert c.send_queue_bytes == 1048576
     assert (c.heartbeat_s, c.drain_s, c.recovery_window_s) == (25.0, 10.0, 600.0)
     assert (c.log_level, c.log_format) == ("info", "json")
-    assert (c.amqp_prefetch, c.binding_grace_s, c.demo) == (1000, 5.0, False)
+    assert (c.amqp_prefetch, c.binding_grace_s, c.demo) == (5000, 5.0, False)
     assert re.fullmatch(r"[A-Za-z0-9._:-]+-\d+", c.instance_id)
 
 
