@@ -231,6 +231,14 @@ class ClientConnection:
         finally:  # a cancelled handler (peer gone) still leaves the node
             self.finish()
 
+    def abandon(self) -> None:
+        """The client left before its connection went live: the session leaves the node
+        without a close code, so no disconnect is counted (idempotent)."""
+        if self._finished:
+            return
+        self._finished = True
+        self._gateway.node.leave(self.session)
+
     def finish(self, code: int = CloseCode.NORMAL, reason: str = "client closed") -> None:
         """The session leaves the node (idempotent); closed with `code` if it was not yet."""
         if self._finished:

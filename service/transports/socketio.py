@@ -74,7 +74,6 @@ class SocketIOTransport:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._node = gateway.node
         self._config = gateway.config
         self._metrics = gateway.metrics
         allowed = self._config.allowed_origins
@@ -217,7 +216,7 @@ class SocketIOTransport:
             if socket is None or not connected:
                 # The client left while the connection was being admitted: python-socketio
                 # saw no namespace to disconnect, so this one is ours to undo.
-                self._node.leave(client.session)
+                client.abandon()
                 await internals.drop_namespace(self.sio, conn.sid, sio_namespace)
                 return
             self._conns[conn.sid] = conn

@@ -78,7 +78,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     try:
         await ws.prepare(request)
     except BaseException:
-        gateway.node.leave(conn.session)
+        conn.abandon()
         raise
     with conn.bound():
         await _serve(gateway, request, ws, conn)

@@ -170,3 +170,16 @@ async def test_a_resume_the_client_already_made_is_answered_with_an_error(
     assert ["error", "notifications", None, "bad_request"] in await sent(conn)
     assert conn.since is None
     conn.finish()
+
+
+async def test_an_abandoned_connection_leaves_without_a_disconnect(gateway: Gateway) -> None:
+    fake = FakeTransport()
+    conn = await open_conn(gateway, fake, Handshake(Namespace.DASHBOARD, f"Bearer {mint('1')}"))
+    conn.abandon()
+    conn.finish()  # nothing more: it left already
+    assert conn.finished
+    assert len(gateway.node.hub) == 0
+    assert not conn.session.closed
+    labels = {"gateway_namespace": "dashboard", "transport": "fake", "code": "1000"}
+    registry = gateway.app[GATEWAY].metrics.registry
+    assert registry.get_sample_value(f"{PREFIX}_disconnects_total", labels) is None
