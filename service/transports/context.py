@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from service.auth import Authenticator
 from service.config import Config
-from service.metrics import Metrics
+from service.metrics import BatchedCounter, Metrics
+from service.model import Namespace
 from service.node import Node
 from service.transports.wire import WireFramer
 
@@ -22,9 +22,17 @@ class Gateway:
     node: Node
     auth: Authenticator
     metrics: Metrics
-    #: frames_out accumulators of the fast paths, by (namespace, transport) (transports.ws)
-    frames_out_counters: dict[tuple[Any, str], Any] = field(default_factory=dict)
+    #: frames_out accumulators of the fast paths, by (namespace, transport): see frames_out
+    frames_out_counters: dict[tuple[Namespace, str], BatchedCounter] = field(default_factory=dict)
     ws_framer: WireFramer = field(default_factory=WireFramer)  # the fast path's frame memo
+
+    def frames_out(self, namespace: Namespace, transport: str) -> BatchedCounter:
+        """The frames_out accumulator of one namespace and transport (made on first use)."""
+        counter = self.frames_out_counters.get((namespace, transport))
+        if counter is None:
+            counter = BatchedCounter(self.metrics.frames_out.labels(namespace, transport))
+            self.frames_out_counters[(namespace, transport)] = counter
+        return counter
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -9,7 +9,8 @@ python-socketio (`socketio.AsyncServer`), subclassed by `Server`:
 - `_handle_eio_connect(eio_sid, environ)`: a new Engine.IO session (for the connect timeout).
 - `_handle_connect(eio_sid, namespace, data)`: the CONNECT answer is queued when it returns,
   so a session's writer starts only then.
-- `_handle_event_internal(server, sid, eio_sid, data, namespace, id)`: the ack id of the event.
+- `_handle_event_internal(server, sid, eio_sid, data, namespace, id)`: replaced, so each event
+  goes to the transport with its ack id (python-socketio's own dispatch and ack are unused).
 - `_handle_eio_message(eio_sid, data)`, `_binary_packet` and `packet_class`: each packet is
   checked before python-socketio dispatches it (`protocol_violation`).
 - `manager.sid_from_eio_sid`, `manager.eio_sid_from_sid`, `manager.is_connected` and
@@ -30,7 +31,6 @@ python-engineio:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -46,13 +46,8 @@ RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
 
-# The ack id of the client event being handled (None: the client asked for no ack).
-_ACK_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("socketio_ack", default=None)
-
-
-def current_ack_id() -> int | None:
-    """The ack id of the client event being handled by `Server` (None: no ack asked for)."""
-    return _ACK_ID.get()
+# A client event: (sid, namespace, event, args, ack id); ack id None: no ack asked for.
+OnEvent = Callable[[str, str, Any, list[Any], int | None], Awaitable[None]]
 
 
 class Server(socketio.AsyncServer):  # type: ignore[misc]
@@ -63,12 +58,15 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
         after_connect: Callable[[str, str], Awaitable[None]],
         on_engine_open: Callable[[str], None],
         on_violation: Callable[[str, str], Awaitable[None]],
+        *,
+        on_event: OnEvent | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._after_connect = after_connect
         self._on_engine_open = on_engine_open
         self._on_violation = on_violation
+        self._on_event = on_event
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
@@ -126,11 +124,12 @@ class Server(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
     ) -> None:
-        token = _ACK_ID.set(id)
-        try:
+        if self._on_event is None:  # python-socketio's own dispatch (handlers set with `on`)
             await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-        finally:
-            _ACK_ID.reset(token)
+            return
+        # Called once the namespace connection is known to be connected; `data` is the
+        # EVENT's array (checked by `_violation`): the event name, then its arguments.
+        await self._on_event(sid, namespace, data[0], data[1:], id)
 
 
 @dataclass(slots=True, frozen=True)

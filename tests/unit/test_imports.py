@@ -24,3 +24,13 @@ def test_the_supervisor_does_not_import_the_command_line() -> None:
     imported = imported_modules(SERVICE / "supervisor.py")
     assert "service.cli" not in imported
     assert "service.server.serve_one" in imported
+
+
+def test_the_connection_layer_knows_no_transport() -> None:
+    # Both socket transports use connection.py and handshake.py; neither may lean on one.
+    for module in ("connection.py", "handshake.py"):
+        imported = imported_modules(SERVICE / "transports" / module)
+        for name in imported:
+            root = name.split(".")[0]
+            assert root not in {"aiohttp", "socketio", "engineio"}, (module, name)
+            assert not name.startswith(("service.transports.ws", "service.transports.socketio"))

@@ -9,7 +9,7 @@ from service.errors import ErrorCode
 from service.hub import Hub
 from service.model import Namespace, Principal
 from service.session import Session
-from service.transports.socketio import PacketEncoder, SocketIOFrame, ws_wire
+from service.transports.socketio_frames import PacketEncoder, SocketIOFrame, ws_wire
 from service.transports.wire import text_frame
 
 
