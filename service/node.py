@@ -104,6 +104,7 @@ class Node:
         self._delivery_lag = BatchedHistogram(self.metrics.delivery_lag)
         self.draining = False
         self._idle = asyncio.Event()  # set while no session is registered
+        self._counted: set[str] = set()  # sessions join() counted in the connections gauge
         self._idle.set()
         self._expiry: list[tuple[float, str]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -246,17 +247,23 @@ class Node:
             raise
         self.metrics.connections.labels(session.namespace, session.transport).inc()
         self.metrics.connects.labels(session.namespace, session.transport).inc()
+        self._counted.add(session.id)
 
     def leave(self, session: Session, code: int | None = None) -> None:
         """Unregister a session (idempotent)."""
-        was_joined = session in self.hub
+        was_counted = session.id in self._counted
+        self._counted.discard(session.id)
         change = self.hub.remove(session)
         self.recovery.on_leave(session)
         self.bindings.remove(change.removed)
         if not len(self.hub):
             self._idle.set()
-        if was_joined and code is not None:
-            self.metrics.connections.labels(session.namespace, session.transport).dec()
+        if not was_counted:
+            return
+        # Counted as open once join() returned: a session abandoned before it went live (no
+        # close code) leaves the gauge too, it just counts no disconnect.
+        self.metrics.connections.labels(session.namespace, session.transport).dec()
+        if code is not None:
             self.metrics.disconnects.labels(session.namespace, session.transport, str(code)).inc()
             if code == CloseCode.SLOW_CONSUMER:
                 self.metrics.slow_consumers.inc()

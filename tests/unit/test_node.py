@@ -218,6 +218,18 @@ async def test_leave_unregisters_and_counts_the_close(node: Node) -> None:
     )
 
 
+async def test_a_session_abandoned_before_it_went_live_leaves_the_gauge_uncounted(
+    node: Node,
+) -> None:
+    gauge = {"gateway_namespace": "notifications", "transport": "ws"}
+    session = await join(node, NOTE, "42")
+    assert sample(node, "connections", **gauge) == 1
+    node.leave(session)  # no close code: the client went away during the upgrade
+    node.leave(session)  # idempotent
+    assert sample(node, "connections", **gauge) == 0
+    assert sample(node, "disconnects_total", code="1000", **gauge) == 0
+
+
 async def test_process_connection_limit_refuses_with_503(make_node: NodeFactory) -> None:
     node = make_node(max_connections=2)
     await node.start()
