@@ -424,10 +424,15 @@ class TcpProxy:
             return
         self.accepted += 1
         self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.get_running_loop().create_task(self._pipe(source, sink))
+        loop = asyncio.get_running_loop()
+        for coro in (self._pipe(reader, up_writer), self._pipe_down(up_reader, writer)):
+            task = loop.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _pipe_down(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        """Broker → client (a subclass may look at the frames)."""
+        await self._pipe(source, sink)
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:

@@ -40,20 +40,6 @@ class FrameProxy(TcpProxy):
         for writer in self._downstream:
             writer.write(data)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.accepted += 1
-        self._writers.update((writer, up_writer))
-        loop = asyncio.get_running_loop()
-        for coro in (self._pipe(reader, up_writer), self._frames(up_reader, writer)):
-            task = loop.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
@@ -66,7 +52,7 @@ class FrameProxy(TcpProxy):
             sink.transport.abort()
             self._writers.discard(sink)
 
-    async def _frames(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe_down(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         """Broker → client, whole frames at a time, so an injected frame never splits one."""
         self._downstream.append(sink)
         try:
