@@ -437,6 +437,7 @@ class TcpProxy:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
+                await self._gate()
                 sink.write(data)
                 await sink.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -444,6 +445,9 @@ class TcpProxy:
         finally:
             sink.transport.abort()
             self._writers.discard(sink)
+
+    async def _gate(self) -> None:
+        """Wait here before forwarding (a subclass may hold the traffic)."""
 
     async def cut(self) -> None:
         """Stop listening and abort every open connection, both ways."""

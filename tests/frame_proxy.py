@@ -40,17 +40,8 @@ class FrameProxy(TcpProxy):
         for writer in self._downstream:
             writer.write(data)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                await self._flowing.wait()
-                sink.write(data)
-                await sink.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            sink.transport.abort()
-            self._writers.discard(sink)
+    async def _gate(self) -> None:
+        await self._flowing.wait()
 
     async def _pipe_down(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         """Broker → client, whole frames at a time, so an injected frame never splits one."""
@@ -59,7 +50,7 @@ class FrameProxy(TcpProxy):
             while True:
                 head = await source.readexactly(7)
                 rest = await source.readexactly(int.from_bytes(head[3:7], "big") + 1)
-                await self._flowing.wait()
+                await self._gate()
                 sink.write(head + rest)
                 await sink.drain()
         except (OSError, asyncio.IncompleteReadError):
