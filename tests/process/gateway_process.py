@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,10 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import SECRET
+from tests.process.logged_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class GatewayProcess:

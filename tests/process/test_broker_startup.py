@@ -7,8 +7,6 @@ turns ready by itself. A wrong password still stops it with exit 2 and one line 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import aiohttp
@@ -16,7 +14,7 @@ import pytest
 from yarl import URL
 
 from tests.broker import Broker, Names, TcpProxy
-from tests.process.logged_process import GatewayProcess, base_env, free_port
+from tests.process.logged_process import GatewayProcess, base_env, free_port, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.amqp, pytest.mark.timeout(120)]
 
@@ -77,14 +75,7 @@ def test_serve_exits_2_with_one_line_when_the_broker_refuses_the_login(
         GATEWAY_AMQP_URL=str(URL(amqp_broker.url).with_password("wrong-pw")),
         GATEWAY_LOG_LEVEL="error",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("serve", env=env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -95,13 +86,6 @@ def test_serve_exits_2_with_one_line_when_the_broker_refuses_the_login(
 
 def test_the_publish_command_still_fails_fast_when_the_broker_is_down() -> None:
     env = base_env(GATEWAY_AMQP_URL=f"amqp://guest:pw@127.0.0.1:{free_port()}/")
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "publish", "notification.broadcast", "{}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("publish", "notification.broadcast", "{}", env=env)
     assert done.returncode == 1
     assert "cannot publish to RabbitMQ at amqp://guest:***@" in done.stderr

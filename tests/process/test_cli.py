@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import aiohttp
 import pytest
@@ -13,19 +11,9 @@ import pytest
 from service.auth import Authenticator
 from tests.conftest import SECRET
 from tests.process.gateway_process import GatewayProcess
+from tests.process.logged_process import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_token_prints_a_jwt_the_gateway_accepts() -> None:

@@ -7,8 +7,6 @@ import collections
 import importlib.util
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 
 from tests.conftest import mint, nothing_arrives
 from tests.metricsutil import parse, total, value
-from tests.process.logged_process import GatewayProcess, Record, base_env, free_port
+from tests.process.logged_process import GatewayProcess, Record, base_env, free_port, run_cli
 
 P = "realtime_gateway"
 SOCKETS = 16
@@ -189,14 +187,7 @@ async def _exited(pid: int) -> None:
 
 def test_serve_refuses_several_workers_on_the_embedded_backbone() -> None:
     env = base_env(GATEWAY_PORT=str(free_port()), GATEWAY_WORKERS="2")
-    out = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_cli("serve", env=env)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -265,14 +256,7 @@ def test_a_weak_secret_stops_start_up_once(workers: str) -> None:
     env["GATEWAY_JWT_SECRET"] = "short"
     if workers != "1":
         env["GATEWAY_AMQP_URL"] = "amqp://guest:guest@127.0.0.1:1/"  # never reached
-    out = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_cli("serve", env=env)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr  # no worker started, no restart loop
