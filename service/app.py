@@ -19,6 +19,7 @@ from service.monitor import LoopMonitor, refresh_gauges
 from service.node import Limits, Node
 from service.transports import demo_page, health, http_api, socketio, ws
 from service.transports.context import GATEWAY, Gateway
+from service.transports.heartbeat import HeartbeatWheel
 
 SHUTDOWN_SETTLE_S = 3.0
 
@@ -80,7 +81,13 @@ def create_app(
         metrics=metrics,
     )
     app = web.Application()
-    app[GATEWAY] = Gateway(config=config, node=node, auth=auth, metrics=metrics)
+    app[GATEWAY] = Gateway(
+        config=config,
+        node=node,
+        auth=auth,
+        metrics=metrics,
+        heartbeats=HeartbeatWheel(config.heartbeat_s),
+    )
     app.cleanup_ctx.append(_run_node)
     app.on_shutdown.append(_close_sockets)
     ws.add_routes(app)
@@ -105,4 +112,7 @@ async def _run_node(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     # A SIGTERM drain (cli.serve) has already paced the closes; whatever is left goes now.
-    await app[GATEWAY].node.drain(0, settle_s=SHUTDOWN_SETTLE_S)
+    gateway = app[GATEWAY]
+    await gateway.node.drain(0, settle_s=SHUTDOWN_SETTLE_S)
+    # aiohttp no longer holds native sockets after their upgrade: drop what is left of them.
+    gateway.heartbeats.close_all()

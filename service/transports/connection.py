@@ -11,7 +11,7 @@ calls this layer for the rest, in this order:
 3. `ClientConnection.resume`, then `receive` for each client message: rate limit,
    `node.handle`, the ack or the error (counted), spelled by the transport's `Dialect`.
 4. `close` (the session asked to close: the transport's close callable, bounded in time) and
-   `finish` / `end` (the client is gone: the session leaves the node).
+   `finish` / `end` / `ended` (the client is gone: the session leaves the node).
 
 Outbound frames do not pass through here: the session writes them to the transport's sink.
 """
@@ -229,6 +229,17 @@ class ClientConnection:
             if self._closing is not None:
                 await wait_ended(self._closing)
         finally:  # a cancelled handler (peer gone) still leaves the node
+            self.finish()
+
+    def ended(self, code: int = CloseCode.NORMAL, reason: str = "client closed") -> None:
+        """The transport's connection is gone (`end` without awaiting): the session is
+        closed with `code` unless it was already, and leaves the node once the close that
+        `close_soon` started, if any, is over."""
+        self.session.close(code, reason)
+        closing = self._closing
+        if closing is not None and not closing.done():
+            closing.add_done_callback(lambda _: self.finish())
+        else:
             self.finish()
 
     def abandon(self) -> None:

@@ -11,17 +11,19 @@ from service.config import Config
 from service.metrics import BatchedCounter, Metrics
 from service.model import Namespace
 from service.node import Node
+from service.transports.heartbeat import HeartbeatWheel
 from service.transports.wire import WireFramer
 
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """The composed gateway: configuration, node, authenticator and metrics."""
+    """The composed gateway: configuration, node, authenticator, metrics, sockets."""
 
     config: Config
     node: Node
     auth: Authenticator
     metrics: Metrics
+    heartbeats: HeartbeatWheel  # every native socket's heartbeat, and their registry
     #: frames_out accumulators of the fast paths, by (namespace, transport): see frames_out
     frames_out_counters: dict[tuple[Namespace, str], BatchedCounter] = field(default_factory=dict)
     ws_framer: WireFramer = field(default_factory=WireFramer)  # the fast path's frame memo

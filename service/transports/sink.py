@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
-
-from aiohttp import web
+from typing import Any, Protocol
 
 from service.metrics import BatchedCounter
 from service.transports.wire import TransportFlow
 
 
+class Closable(Protocol):
+    """The WebSocket a sink writes for: nothing is written once its close started."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the closing handshake started."""
+
+
 class WireSink:
     """Writes a session's frames straight to its transport, coalesced into one write.
 
-    Bypasses aiohttp's per-frame `send_frame` (an await, a header build and a system call
-    per frame per socket). aiohttp still owns the socket's control frames (pong, ping,
-    close); both write whole frames synchronously, so they never interleave. Nothing is
-    written once aiohttp started the closing handshake. Returns the transport's buffered
-    bytes, which the session counts against its budget (slow consumer = 4008). `flow` is the
-    transport's flow control, for a conflating session to wait on.
+    Bypasses a per-frame send (an await, a header build and a system call per frame per
+    socket). The socket's protocol (`ws_socket.WebSocket`, or aiohttp's for Socket.IO) still
+    owns its control frames (pong, ping, close); both write whole frames synchronously, so
+    they never interleave. Nothing is written once the closing handshake started. Returns
+    the transport's buffered bytes, which the session counts against its budget (slow
+    consumer = 4008). `flow` is the transport's flow control, for a conflating session to
+    wait on; `alive` is what a drain tells the socket's heartbeat (see TransportFlow).
 
     `wire` turns a buffered frame into its WebSocket bytes: `WireFramer.wire` for native
     frames, `socketio_frames.ws_wire` for Socket.IO packets on the Socket.IO fast path.
@@ -30,18 +37,17 @@ class WireSink:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: Closable,
         transport: asyncio.Transport | Any,
         counter: BatchedCounter,
         wire: Callable[[bytes], bytes],
+        alive: Callable[[], None] | None = None,
     ) -> None:
         self._ws = ws
         self._transport = transport
         self._counter = counter
         self._wire = wire
-        # aiohttp's heartbeat reset (private, checked by tests/integration/test_conflation.py)
-        # on every drain: see TransportFlow.
-        self.flow = TransportFlow(transport, alive=getattr(ws, "_reset_heartbeat", None))
+        self.flow = TransportFlow(transport, alive=alive)
 
     def __call__(self, frames: list[bytes]) -> int:
         transport = self._transport

@@ -304,7 +304,10 @@ class SocketIOTransport:
             return False
         session = conn.client.session
         counter = self._gateway.frames_out(session.namespace, TRANSPORT)
-        sink = WireSink(wire.ws, wire.transport, counter, ws_wire)
+        # aiohttp's heartbeat reset (private, checked by tests/integration/test_conflation.py)
+        # on every drain: see TransportFlow.
+        alive = getattr(wire.ws, "_reset_heartbeat", None)
+        sink = WireSink(wire.ws, wire.transport, counter, ws_wire, alive=alive)
 
         def switch() -> None:
             if not session.closed and not wire.ws.closed and not wire.transport.is_closing():

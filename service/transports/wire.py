@@ -25,7 +25,21 @@ def text_frame(payload: bytes) -> bytes:
     return _LEN3(0x81, 127, length) + payload
 
 
+def control_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """The wire bytes of one server control frame (ping 0x9, pong 0xA): at most 125 bytes."""
+    payload = payload[:125]
+    return _LEN1(0x80 | opcode, len(payload)) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """The wire bytes of a server close frame: `code`, then `reason` cut to fit 125 bytes."""
+    cut = reason.encode()[:123].decode("utf-8", "ignore")  # never half a character
+    body = _CODE(code) + cut.encode()
+    return _LEN1(0x88, len(body)) + body
+
+
 _LEN1 = struct.Struct("!BB").pack
+_CODE = struct.Struct("!H").pack
 _LEN2 = struct.Struct("!BBH").pack
 _LEN3 = struct.Struct("!BBQ").pack
 WIRE_MEMO_MAX = 64  # recent frames; one fan-out frames each event once for every socket
