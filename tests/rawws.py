@@ -136,6 +136,23 @@ def upgrade_request(host: str, port: int, path: str, key: str, headers: dict[str
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """The next frame from `reader` (IncompleteReadError at EOF)."""
+    read = reader.readexactly
+    first, second = await read(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await read(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await read(8))
+    masked = bool(second & 0x80)
+    key = await read(4) if masked else b""
+    payload = await read(length)
+    if masked:
+        payload = apply_mask(key, payload)
+    return Frame(first & 0xF, payload, bool(first & 0x80), (first >> 4) & 0x7, masked)
+
+
 class HandshakeFailed(AssertionError):
     """The server did not answer the upgrade with a valid 101."""
 
@@ -239,19 +256,7 @@ class RawWebSocket:
             return await self._read_frame()
 
     async def _read_frame(self) -> Frame:
-        read = self.reader.readexactly
-        first, second = await read(2)
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await read(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await read(8))
-        masked = bool(second & 0x80)
-        key = await read(4) if masked else b""
-        payload = await read(length)
-        if masked:
-            payload = apply_mask(key, payload)
-        return Frame(first & 0xF, payload, bool(first & 0x80), (first >> 4) & 0x7, masked)
+        return await read_frame(self.reader)
 
     async def recv_data(self, within: float = DEFAULT_WITHIN_S, *, answer_pings: bool) -> Frame:
         """The next data frame, passing over pings: answered with a pong, or ignored."""

@@ -317,6 +317,7 @@ PROTOCOL_ERRORS = [
     pytest.param(encode_frame(Op.PONG, b"p" * 126), id="pong-payload-126"),
     pytest.param(encode_frame(Op.PING, b"p", fin=False), id="fragmented-ping"),
     pytest.param(encode_frame(Op.CLOSE, b"\x03"), id="close-payload-1-byte"),
+    pytest.param(encode_frame(Op.CLOSE, close_payload(1000, "r" * 124)), id="close-payload-126"),
     pytest.param(encode_frame(Op.CLOSE, close_payload(999)), id="close-code-999"),
     pytest.param(encode_frame(Op.CLOSE, close_payload(1004)), id="close-code-1004"),
     pytest.param(encode_frame(Op.CLOSE, close_payload(1005)), id="close-code-1005"),
