@@ -1,10 +1,12 @@
 """What the native WebSocket transport guarantees on the wire, pinned down black-box.
 
 Every test talks to a gateway over a real TCP socket with `tests.rawws` (hand-built frames,
-hand-read answers), so it holds for any server behind `GET /ws/{namespace}`: aiohttp's
-`WebSocketResponse` today, our own protocol tomorrow. Close codes are the contract's
-(section 3) or RFC 6455's (1002 protocol error). What the current server does against the
-RFC is marked xfail(strict=True) with the reason, so a replacement that fixes it shows up.
+hand-read answers), so it holds for any server behind `GET /ws/{namespace}`. Written against
+aiohttp's `WebSocketResponse` and kept for the protocol that replaced it
+(`service/transports/ws_socket.py`), which also fixes what aiohttp did against the RFC: it
+closed TCP before the client answered a server close (the client got an RST), and it took
+unmasked client frames and close code 1006. Close codes are the contract's (section 3) or
+RFC 6455's (1002 protocol error).
 """
 
 from __future__ import annotations
@@ -163,20 +165,11 @@ async def test_server_close_carries_the_code_then_tcp_closes(
     assert closed == code
     assert reason  # the contract's codes come with a human-readable reason
     await ws.send_close(closed)
-    # FIN, or RST when the server had closed before the answer came (see the xfail below)
-    assert await ws.expect_eof(PROMPT_S) in ("eof", "reset")
+    assert await ws.expect_eof(PROMPT_S) == "eof"  # a FIN after the answer, not an RST
     if started is not None:
         await started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp closes TCP right after its own close frame when a receive() is waiting "
-    "(WebSocketResponse.close sees _closing set by the CLOSING message), without waiting for "
-    "the peer's close (RFC 6455 5.5.1, 7.1.1): the client's answering close then meets a "
-    "closed socket and gets an RST, and a stack that drops unread data on RST loses the "
-    "close frame (the client sees 1006 instead of the code)",
-)
 @pytest.mark.parametrize(("trigger", "code"), SERVER_CLOSES)
 async def test_server_waits_for_the_close_answer_before_closing_tcp(
     gateway: Gateway, raw: RawConnect, trigger: ServerClose, code: int
@@ -326,20 +319,10 @@ PROTOCOL_ERRORS = [
     pytest.param(
         encode_frame(Op.CLOSE, close_payload(1006)),
         id="close-code-1006",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="aiohttp accepts 1006 in a close frame (it is in its WSCloseCode enum); "
-            "RFC 6455 7.4.1: 1006 MUST NOT be set in a close frame",
-        ),
     ),
     pytest.param(
         _text(masked=False),
         id="unmasked-client-frame",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="aiohttp's server reader unmasks when the mask bit is set and otherwise "
-            "accepts the frame; RFC 6455 5.1: a server MUST close on an unmasked client frame",
-        ),
     ),
 ]
 
